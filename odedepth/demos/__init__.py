@@ -1,0 +1,1 @@
+"""Runnable demos behind the `odedepth` command (see :mod:`odedepth.cli`)."""
