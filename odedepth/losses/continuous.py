@@ -1,0 +1,3 @@
+"""Objectives along continuous-depth flows (see the package docstring)."""
+
+__all__ = []

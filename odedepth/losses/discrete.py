@@ -1,0 +1,3 @@
+"""Objectives for networks with blocks (see the package docstring)."""
+
+__all__ = []
