@@ -1,0 +1,693 @@
+"""`solve`: the batched, per-sample explicit Runge--Kutta loop.
+
+Every sample carries its own time, step size, accept/reject decision, controller memory,
+status and counters. Samples that finish (end of span, terminal event, failure) leave the
+active set: the loop keeps an index tensor of active samples and evaluates `f` only on them
+(gather on compaction), so a batch costs what its samples need. The only host
+synchronisation per step is the check whether any sample finished (plus, when events or
+`t_eval` are used, whether any event fired / any output point lies in the step).
+
+References:
+    Hairer, Norsett & Wanner, *Solving ODEs I*, 2nd ed., Springer 1993: II.4 (error
+    estimate, RMS norm, initial step heuristic), II.6 (dense output).
+    Lienen & Gunnemann, "torchode: A parallel ODE solver for PyTorch", NeurIPS 2022 DLDE
+    workshop (per-sample step control in a batch).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+
+from .controllers import get_controller
+from .event import Event, crossed, illinois
+from .methods import get_method
+from .solution import DenseOutput, Solution
+from .status import SolveError, Status, failure_message
+
+__all__ = ["solve"]
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def solve(f, y0, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8, t_eval=None, event=None,
+          dense_output=False, adjoint=False, max_steps=10_000, throw=True, dt=None,
+          first_step=None, dt_min=0.0, dt_max=math.inf, controller="i", adjoint_options=None,
+          compact=True, args=None):
+    """Solve ``dy/dt = f(t, y)`` for a batch of independent initial value problems.
+
+    **Arguments:**
+
+    - `f`: ``f(t, y) -> dy/dt`` with ``t`` of shape ``(n,)`` and ``y`` of shape
+      ``(n, *state)`` (or ``f(t, y, args)`` when `args` is given). ``n`` is the number of
+      *active* samples, which shrinks as samples finish (compaction): `f` must be
+      batch-elementwise, i.e. sample i's derivative may depend only on sample i.
+    - `y0`: ``(batch, *state)`` floating tensor, finite.
+    - `t_span`: ``(t0, t1)``; each a float, a 0-d tensor or a ``(batch,)`` tensor (per-sample
+      horizons). ``t1 < t0`` integrates backwards; directions may differ between samples.
+    - `method`: ``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"`` (fixed step, need `dt`),
+      ``"bosh3"``, ``"dopri5"``, ``"tsit5"``, ``"dopri8"`` (adaptive), or a method object.
+    - `rtol`, `atol`: relative/absolute tolerances, scalars or tensors broadcastable to one
+      sample's state (per component). ``rtol`` below ``100 * eps`` is raised to that with a
+      warning (as scipy does).
+    - `t_eval`: ``(n,)`` or ``(batch, n)`` output times, monotone in each sample's direction
+      of integration and inside its span.
+    - `event`: an :class:`~solvers.ode.Event` (or a bare callable, meaning
+      ``Event(fn)``: terminal, either direction).
+    - `dense_output`: keep every accepted step's interpolant for `Solution.interpolate`.
+    - `adjoint`: compute gradients with the adjoint method of :mod:`solvers.ode.adjoint`
+      (``solve_adjoint``, same arguments plus `adjoint_options`).
+    - `max_steps`: maximum number of step attempts per sample (status ``MAX_STEPS``).
+    - `throw`: raise :class:`~solvers.ode.SolveError` if any sample failed; otherwise
+      return the partial solution with per-sample statuses.
+    - `dt`: step size of fixed-step methods: float or ``(batch,)`` positive tensor.
+    - `first_step`: initial step of adaptive methods (float or ``(batch,)``); default
+      Hairer's heuristic per sample (one extra `f` evaluation).
+    - `dt_min`, `dt_max`: bounds on the step size magnitude.
+    - `controller`: ``"i"`` (default), ``"pi"``, or an ``IController`` / ``PIController``.
+    - `compact`: drop finished samples from the active set (default). ``False`` keeps the
+      full batch in every `f` call and freezes finished samples by masking.
+    - `args`: a tensor or tuple of tensors with leading batch dimension, gathered to the
+      active samples and passed as ``f(t, y, args)`` (and ``event.fn(t, y, args)``): the
+      way to give `f` per-sample parameters under compaction.
+
+    **Returns:** a :class:`~solvers.ode.Solution`.
+
+    **Raises:** ``ValueError``/``TypeError`` for invalid input (shapes, dtypes, devices,
+    tolerances, spans); :class:`~solvers.ode.SolveError` when `throw` and a sample failed.
+
+    Gradients flow by backpropagation through the accepted steps (step sizes are treated
+    as constants), through dense output and through event times (implicit function
+    theorem, see ``docs/ode.md``).
+    """
+    if adjoint:
+        try:
+            from .adjoint import solve_adjoint
+        except ImportError as exc:  # written by a colleague (issue 2, adjoint part)
+            raise NotImplementedError(
+                "adjoint=True needs solvers/ode/adjoint.py (solve_adjoint), which is not "
+                "available yet") from exc
+        return solve_adjoint(f, y0, t_span, method=method, rtol=rtol, atol=atol, t_eval=t_eval,
+                             event=event, dense_output=dense_output, max_steps=max_steps,
+                             throw=throw, dt=dt, first_step=first_step, dt_min=dt_min,
+                             dt_max=dt_max, controller=controller,
+                             adjoint_options=adjoint_options, compact=compact, args=args)
+    p = _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, first_step,
+                  dt_min, dt_max, controller, args)
+    sol = _integrate(p, dense_output=dense_output, compact=compact)
+    if throw and bool((sol.status >= int(Status.MAX_STEPS)).any()):
+        raise SolveError(failure_message(sol.status, sol.t), sol)
+    return sol
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+class _Problem:
+    pass
+
+
+def _as_time(x, name, batch, dtype, device):
+    if isinstance(x, torch.Tensor):
+        if x.device != device:
+            raise ValueError(f"{name} is on device {x.device} but y0 is on {device}; put them "
+                             "on the same device")
+        if x.dtype not in _FLOATS and x.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be a real number or tensor, got dtype {x.dtype}")
+        if x.dim() == 0:
+            x = x.expand(batch)
+        elif x.dim() != 1 or x.shape[0] != batch:
+            raise ValueError(f"{name} must be a scalar or a (batch,) = ({batch},) tensor, got "
+                             f"shape {tuple(x.shape)}")
+        x = x.detach().to(dtype)
+    elif isinstance(x, numbers.Real):
+        x = torch.full((batch,), float(x), dtype=dtype, device=device)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor, got {type(x).__name__}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite")
+    return x
+
+
+def _tolerance(x, name, state_shape, dtype, device):
+    if isinstance(x, torch.Tensor):
+        if x.device != device:
+            raise ValueError(f"{name} is on device {x.device} but y0 is on {device}")
+        x = x.detach().to(dtype)
+        try:
+            torch.broadcast_shapes(x.shape, state_shape)
+        except RuntimeError:
+            raise ValueError(f"{name} of shape {tuple(x.shape)} does not broadcast to one "
+                             f"sample's state {tuple(state_shape)}") from None
+        if torch.broadcast_shapes(x.shape, state_shape) != state_shape:
+            raise ValueError(f"{name} of shape {tuple(x.shape)} must broadcast to one sample's "
+                             f"state {tuple(state_shape)} (tolerances are per component, not "
+                             "per sample)")
+        if not bool(torch.isfinite(x).all()) or bool((x < 0).any()):
+            raise ValueError(f"{name} must be finite and >= 0")
+        return x
+    if isinstance(x, numbers.Real):
+        if not math.isfinite(x) or x < 0:
+            raise ValueError(f"{name} must be finite and >= 0, got {x}")
+        return float(x)
+    raise TypeError(f"{name} must be a float or a tensor, got {type(x).__name__}")
+
+
+def _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, first_step,
+              dt_min, dt_max, controller, args):
+    p = _Problem()
+    if not callable(f):
+        raise TypeError(f"f must be callable, got {type(f).__name__}")
+    if not isinstance(y0, torch.Tensor):
+        raise TypeError(f"y0 must be a torch.Tensor of shape (batch, *state), got "
+                        f"{type(y0).__name__}")
+    if y0.dtype not in _FLOATS:
+        raise TypeError(f"y0 must have a floating dtype (float32/float64/...), got {y0.dtype}")
+    if y0.dim() < 2:
+        raise ValueError(f"y0 must be batch-first with shape (batch, *state); got shape "
+                         f"{tuple(y0.shape)}. For one sample use y0[None]; for a batch of "
+                         "scalars use y0[:, None]")
+    if y0.shape[0] == 0:
+        raise ValueError("y0 has an empty batch")
+    p.batch, p.state_shape, p.dtype, p.device = y0.shape[0], y0.shape[1:], y0.dtype, y0.device
+    if y0.device.type != "meta" and not bool(torch.isfinite(y0).all()):
+        bad = (~torch.isfinite(y0)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"y0 is not finite for samples {bad[:10]}")
+    p.f, p.y0 = f, y0
+    if not isinstance(t_span, (tuple, list)) or len(t_span) != 2:
+        raise ValueError("t_span must be a pair (t0, t1)")
+    p.t0 = _as_time(t_span[0], "t_span[0] (t0)", p.batch, p.dtype, p.device)
+    p.t1 = _as_time(t_span[1], "t_span[1] (t1)", p.batch, p.dtype, p.device)
+    p.direction = torch.sign(p.t1 - p.t0)
+
+    p.method = get_method(method)
+    p.controller = get_controller(controller)
+    eps = torch.finfo(p.dtype).eps
+    p.rtol = _tolerance(rtol, "rtol", p.state_shape, p.dtype, p.device)
+    p.atol = _tolerance(atol, "atol", p.state_shape, p.dtype, p.device)
+    if p.method.adaptive:
+        r = p.rtol if isinstance(p.rtol, float) else p.rtol.min().item()
+        zero_both = (torch.as_tensor(p.rtol) == 0) & (torch.as_tensor(p.atol) == 0)
+        if bool(zero_both.any()):
+            raise ValueError("rtol and atol are both zero (for some component): the error "
+                             "test can never pass")
+        if r < 100 * eps:
+            warnings.warn(f"rtol={r:g} is below 100*eps={100 * eps:g} for {p.dtype}; using "
+                          f"{100 * eps:g} (the error estimate is meaningless below it)",
+                          stacklevel=3)
+            p.rtol = (max(p.rtol, 100 * eps) if isinstance(p.rtol, float)
+                      else p.rtol.clamp(min=100 * eps))
+
+    if not isinstance(max_steps, numbers.Integral) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    p.max_steps = int(max_steps)
+    if not isinstance(dt_min, numbers.Real) or not dt_min >= 0:
+        raise ValueError(f"dt_min must be a float >= 0, got {dt_min!r}")
+    if not isinstance(dt_max, numbers.Real) or not dt_max > 0 or dt_max < dt_min:
+        raise ValueError(f"dt_max must be > 0 and >= dt_min, got {dt_max!r}")
+    p.dt_min, p.dt_max = float(dt_min), float(dt_max)
+
+    if p.method.adaptive:
+        if dt is not None:
+            raise ValueError(f"dt= is the step of fixed-step methods; {p.method.name} is adaptive"
+                             " (use first_step= for its initial step)")
+        p.dt = None
+    else:
+        if dt is None:
+            raise ValueError(f"method {p.method.name} is fixed-step: pass dt= (step size > 0)")
+        p.dt = _as_time(dt, "dt", p.batch, p.dtype, p.device)
+        if not bool((p.dt > 0).all()):
+            raise ValueError("dt must be > 0 (the direction comes from t_span)")
+    if first_step is not None:
+        p.first_step = _as_time(first_step, "first_step", p.batch, p.dtype, p.device)
+        if not bool((p.first_step > 0).all()):
+            raise ValueError("first_step must be > 0")
+    else:
+        p.first_step = None
+
+    if args is not None:
+        tup = args if isinstance(args, tuple) else (args,)
+        for i, a in enumerate(tup):
+            if not isinstance(a, torch.Tensor) or a.dim() == 0 or a.shape[0] != p.batch:
+                raise ValueError(f"args[{i}] must be a tensor with leading batch dimension "
+                                 f"{p.batch}, got {getattr(a, 'shape', type(a).__name__)}")
+            if a.device != p.device:
+                raise ValueError(f"args[{i}] is on {a.device} but y0 is on {p.device}")
+    p.args, p.args_is_tuple = args, isinstance(args, tuple)
+
+    if event is not None and not isinstance(event, Event):
+        if callable(event):
+            event = Event(event)
+        else:
+            raise TypeError(f"event must be an ode.Event or a callable, got {type(event).__name__}")
+    p.event = event
+
+    p.t_eval = None
+    if t_eval is not None:
+        te = torch.as_tensor(t_eval)
+        if isinstance(t_eval, torch.Tensor) and t_eval.device != p.device:
+            raise ValueError(f"t_eval is on device {t_eval.device} but y0 is on {p.device}")
+        te = te.to(device=p.device, dtype=p.dtype).detach()
+        if te.dim() == 1:
+            te = te[None, :].expand(p.batch, -1)
+        elif te.dim() != 2 or te.shape[0] != p.batch:
+            raise ValueError(f"t_eval must have shape (n,) or (batch, n) = ({p.batch}, n); got "
+                             f"{tuple(te.shape)}")
+        if te.shape[1] == 0:
+            raise ValueError("t_eval is empty")
+        if not bool(torch.isfinite(te).all()):
+            raise ValueError("t_eval must be finite")
+        d = p.direction[:, None]
+        if te.shape[1] > 1 and bool((d * te.diff(dim=1) < 0).any()):
+            raise ValueError("t_eval must be monotone in each sample's direction of integration")
+        slack = 1e3 * eps * torch.maximum(p.t0.abs(), p.t1.abs())[:, None]
+        lo, hi = torch.minimum(p.t0, p.t1)[:, None], torch.maximum(p.t0, p.t1)[:, None]
+        outside = (te < lo - slack) | (te > hi + slack)
+        if bool(outside.any()):
+            rows = outside.any(1).nonzero().flatten().tolist()
+            raise ValueError(f"t_eval lies outside t_span for samples {rows[:10]}")
+        p.t_eval = torch.minimum(torch.maximum(te, lo), hi)  # clip round-off at the ends
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def _lincomb_grad(coeffs, ks):
+    """sum_i c_i k_i, out of place (safe under autograd), skipping zero coefficients."""
+    out = None
+    for c, k in zip(coeffs, ks):
+        if c == 0.0:
+            continue
+        out = k * c if out is None else out.add(k, alpha=c)
+    return out
+
+
+def _lincomb_nograd(coeffs, ks):
+    """sum_i c_i k_i accumulated in place (no autograd graph to protect)."""
+    out = None
+    for c, k in zip(coeffs, ks):
+        if c == 0.0:
+            continue
+        out = torch.mul(k, c) if out is None else out.add_(k, alpha=c)
+    return out
+
+
+def _rms(x):
+    return x.square().flatten(1).mean(1).sqrt()
+
+
+def _horner(y_start, coef, theta):
+    """y_start + sum_j theta^(j+1) coef[:, j]; theta (m,)."""
+    th = theta.reshape(-1, *([1] * (y_start.dim() - 1)))
+    acc = coef[:, -1]
+    for j in range(coef.shape[1] - 2, -1, -1):
+        acc = coef[:, j] + th * acc
+    return y_start + th * acc
+
+
+def _interp_coef(W, kext, hs):
+    """(m, degree, *state) polynomial coefficients (already multiplied by h) of one step."""
+    hb = hs.reshape(-1, *([1] * (kext[0].dim() - 1)))
+    rows = []
+    for j in range(W.shape[0]):
+        rows.append(_lincomb_grad(W[j].tolist(), kext) * hb)
+    return torch.stack(rows, dim=1)
+
+
+def _integrate(p, dense_output, compact):
+    f, method, ctrl, ev = p.f, p.method, p.controller, p.event
+    tab = method.tableau
+    B, dtype, device = p.batch, p.dtype, p.device
+    ones = (1,) * len(p.state_shape)
+    grad_on = torch.is_grad_enabled()
+    lincomb = _lincomb_grad if grad_on else _lincomb_nograd
+    eps = torch.finfo(dtype).eps
+    A = [list(r) for r in tab.a]
+    Cn = list(tab.c)
+    Bw = list(tab.b)
+    Berr = list(tab.b_err) if tab.b_err is not None else None
+    s, fsal, adaptive = tab.stages, tab.fsal, tab.adaptive
+    q = method.error_order
+    rtol, atol = p.rtol, p.atol
+    W = method.interp_weights(torch.float64, "cpu") if (
+        dense_output or p.t_eval is not None or ev is not None) else None
+
+    has_args = p.args is not None
+    if has_args:
+        def fcall(t, y, a):
+            return f(t, y, a if p.args_is_tuple else a[0])
+    else:
+        def fcall(t, y, a):
+            return f(t, y)
+    if ev is not None:
+        if has_args:
+            def gcall(t, y, a):
+                return ev.fn(t, y, a if p.args_is_tuple else a[0])
+        else:
+            def gcall(t, y, a):
+                return ev.fn(t, y)
+
+    # --- active-set state ---------------------------------------------------------------------
+    idx = torch.arange(B, device=device)
+    t, t1, direction = p.t0.clone(), p.t1, p.direction
+    y = p.y0
+    argsa = (p.args if p.args_is_tuple else (p.args,)) if has_args else ()
+
+    # Finished-sample records, concatenated at the end (no in-place writes: autograd-safe).
+    rec_idx, rec_t, rec_y, rec_status, rec_steps, rec_acc = [], [], [], [], [], []
+    rec_ev_idx, rec_ev_t = [], []
+    out_idx, out_val = [], []
+    dense_rec = []
+
+    def record(sel, t_sel, y_sel, status, steps, nacc_sel):
+        rec_idx.append(idx[sel])
+        rec_t.append(t_sel)
+        rec_y.append(y_sel)
+        rec_status.append(status if isinstance(status, torch.Tensor)
+                          else torch.full_like(idx[sel], int(status)))
+        rec_steps.append(torch.full_like(idx[sel], steps))
+        rec_acc.append(nacc_sel)
+
+    # Zero-length spans finish immediately.
+    k1 = fcall(t, y, argsa)
+    if not isinstance(k1, torch.Tensor) or k1.shape != y.shape:
+        raise ValueError(f"f(t, y) must return a tensor of the shape of y {tuple(y.shape)}, got "
+                         f"{getattr(k1, 'shape', type(k1).__name__)}")
+    if k1.dtype != dtype:
+        raise TypeError(f"f returned dtype {k1.dtype} but y0 has dtype {dtype}")
+    nfe_init = 1
+
+    if adaptive:
+        if p.first_step is not None:
+            h = p.first_step * direction
+        else:
+            with torch.no_grad():
+                scale = atol + torch.as_tensor(rtol) * y.abs() if not isinstance(rtol, float) \
+                    else atol + rtol * y.abs()
+                d0, d1 = _rms(y / scale), _rms(k1 / scale)
+                h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6),
+                                 0.01 * d0 / d1)
+                h0 = torch.minimum(h0, (t1 - t).abs())
+                hb0 = (h0 * direction).reshape(-1, *ones)
+                f1 = fcall(t + h0 * direction, y + hb0 * k1, argsa)
+                d2 = _rms((f1 - k1) / scale) / h0
+                dm = torch.maximum(d1, d2)
+                h1 = torch.where(dm <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
+                                 (0.01 / dm).pow(1.0 / (q + 1)))
+                hh = torch.minimum(100 * h0, h1)
+                hh = torch.where(torch.isfinite(hh), hh, h0)
+                h = hh * direction
+            nfe_init += 1
+        h = h.clamp(-p.dt_max, p.dt_max)
+        h = torch.where(h.abs() < p.dt_min, p.dt_min * direction, h)
+    else:
+        h = p.dt * direction
+    h = h.detach()
+    nacc = torch.zeros(B, dtype=torch.int64, device=device)
+    cstate = ctrl.init_state(B, t) if adaptive else None
+
+    if ev is not None:
+        with torch.no_grad():
+            g_old = gcall(t, y, argsa)
+        if not isinstance(g_old, torch.Tensor) or g_old.shape != (B,):
+            raise ValueError(f"event fn(t, y) must return shape (batch,) = ({B},), got "
+                             f"{getattr(g_old, 'shape', type(g_old).__name__)}")
+        g_old = g_old.to(dtype)
+    if p.t_eval is not None:
+        te = p.t_eval
+        n_eval = te.shape[1]
+        ptr = torch.zeros(B, dtype=torch.int64, device=device)
+
+    live = None if compact else torch.ones(B, dtype=torch.bool, device=device)
+
+    def gather(keep):
+        nonlocal idx, t, t1, direction, y, h, k1, nacc, cstate, argsa, live
+        nonlocal g_old, te, ptr
+        idx, t, t1, direction = idx[keep], t[keep], t1[keep], direction[keep]
+        y, h, k1, nacc = y[keep], h[keep], k1[keep], nacc[keep]
+        if cstate is not None:
+            cstate = cstate[keep]
+        argsa = tuple(a[keep] for a in argsa)
+        if ev is not None:
+            g_old = g_old[keep]
+        if p.t_eval is not None:
+            te, ptr = te[keep], ptr[keep]
+
+    zero_span = direction == 0
+    if bool(zero_span.any()):
+        sel = zero_span.nonzero().flatten()
+        record(sel, t[sel], y[sel], Status.SUCCESS, 0, nacc[sel])
+        if p.t_eval is not None:  # all output points equal t0
+            for j in range(n_eval):
+                out_idx.append(idx[sel] * n_eval + j)
+                out_val.append(y[sel])
+        keep = (~zero_span).nonzero().flatten()
+        gather(keep)
+    n_active = idx.numel()
+
+    it = 0
+    while n_active > 0:
+        if it >= p.max_steps:
+            sel = torch.arange(idx.numel(), device=device)
+            if live is not None:
+                sel = live.nonzero().flatten()
+            record(sel, t[sel], y[sel], Status.MAX_STEPS, it, nacc[sel])
+            break
+        it += 1
+        rem = t1 - t
+        last = h.abs() >= rem.abs()
+        hs = torch.where(last, rem, h)
+        hb = hs.reshape(-1, *ones)
+        ks = [k1]
+        yi = y
+        for i in range(1, s):
+            yi = torch.addcmul(y, hb, lincomb(A[i], ks))
+            ks.append(fcall(torch.add(t, hs, alpha=Cn[i]), yi, argsa))
+        if fsal:
+            y_new, f_new = yi, ks[-1]
+        else:
+            y_new = torch.addcmul(y, hb, lincomb(Bw, ks))
+        t_new = torch.where(last, t1, t + hs)
+
+        if adaptive:
+            with torch.no_grad():
+                err = lincomb(Berr, ks).mul_(hb) if not grad_on else lincomb(Berr, ks) * hb
+                scale = torch.maximum(y.abs(), y_new.abs()).mul_(rtol).add_(atol)
+                ratio = _rms(err.div_(scale)) if not grad_on else _rms(err / scale)
+                # A non-finite y_new with a finite error estimate must not pass: inf * 0 = nan.
+                ratio = ratio + y_new.flatten(1).sum(1).mul(0.0)
+                finite = torch.isfinite(ratio)
+                accept = ratio <= 1.0
+                fac, cstate_new = ctrl.factor(ratio, accept, cstate, q)
+                fac = torch.where(finite, fac, torch.full_like(fac, ctrl.factor_min))
+                h_next = (hs * fac).clamp(-p.dt_max, p.dt_max)
+                # Too small to make progress (user dt_min, or below float spacing of t).
+                floor = torch.clamp(t.abs() * (8 * eps), min=p.dt_min)
+                small = h_next.abs() < floor
+                failed = small & ~accept
+                h_next = torch.where(small & accept, floor * direction, h_next)
+                cstate = cstate_new
+        else:
+            with torch.no_grad():
+                finite = torch.isfinite(y_new.flatten(1).sum(1))
+                accept = finite
+                failed = ~finite
+                h_next = h
+        if live is not None:
+            accept = accept & live
+            failed = failed & live
+        if not fsal:
+            f_new = fcall(t_new, y_new, argsa)
+
+        # --- events on the accepted steps ----------------------------------------------------
+        ev_sel = None
+        step_end = t_new
+        if ev is not None:
+            with torch.no_grad():
+                g_new = gcall(t_new, y_new, argsa).to(dtype)
+                hit = crossed(g_old, g_new, ev.direction) & accept
+            if bool(hit.any()):
+                sub = hit.nonzero().flatten()
+                kext = [k[sub] for k in ks] + ([] if fsal else [f_new[sub]])
+                coef = _interp_coef(W.to(dtype), kext, hs[sub])
+                y_s, t_s, h_s = y[sub], t[sub], hs[sub]
+                a_s = tuple(a[sub] for a in argsa)
+                with torch.no_grad():
+                    cd, yd = coef.detach(), y_s.detach()
+                    tol = ev.tol if ev.tol is not None else 0.0
+                    tol_theta = torch.clamp(tol / h_s.abs(), min=8 * eps)
+
+                    def gfun(theta, t_s=t_s, h_s=h_s, yd=yd, cd=cd, a_s=a_s):
+                        return gcall(t_s + theta * h_s, _horner(yd, cd, theta), a_s).to(dtype)
+
+                    theta = illinois(gfun, g_old[sub], g_new[sub], tol_theta)
+                t_root = t_s + theta * h_s
+                y_root = _horner(y_s, coef, theta)
+                t_star, y_stop = _ift(fcall, gcall, t_root, y_root, a_s, grad_on)
+                rec_ev_idx.append(idx[sub])
+                rec_ev_t.append(t_star)
+                if ev.terminal:
+                    ev_sel = sub
+                    ev_t, ev_y = t_star, y_stop
+                    step_end = t_new.index_put((sub,), t_root.detach())
+                else:
+                    # Record only the first crossing of each sample (never fire twice).
+                    pass
+            g_old = torch.where(accept, g_new, g_old)
+
+        # --- outputs at t_eval inside the accepted step --------------------------------------
+        if p.t_eval is not None or dense_output:
+            coef_all = None
+        if p.t_eval is not None:
+            dcol = direction
+            while True:
+                pc = ptr.clamp(max=n_eval - 1)
+                tn = te.gather(1, pc[:, None]).squeeze(1)
+                want = accept & (ptr < n_eval) & (dcol * (tn - step_end) <= 0)
+                if not bool(want.any()):
+                    break
+                sub = want.nonzero().flatten()
+                if coef_all is None:
+                    kext = ks + ([] if fsal else [f_new])
+                    coef_all = _interp_coef(W.to(dtype), kext, hs)
+                theta = (tn[sub] - t[sub]) / hs[sub]
+                yv = _horner(y[sub], coef_all[sub], theta)
+                if ev_sel is not None:
+                    # Outputs in the event step: continue the event-corrected state to first order.
+                    pass
+                out_idx.append(idx[sub] * n_eval + ptr[sub])
+                out_val.append(yv)
+                ptr = ptr + want.long()
+        if dense_output:
+            sub = accept.nonzero().flatten()
+            if sub.numel():
+                if coef_all is None:
+                    kext = ks + ([] if fsal else [f_new])
+                    coef_all = _interp_coef(W.to(dtype), kext, hs)
+                dense_rec.append((idx[sub], t[sub], step_end[sub], hs[sub], y[sub],
+                                  coef_all[sub]))
+
+        # --- merge accepted steps ------------------------------------------------------------
+        acc_b = accept.reshape(-1, *ones)
+        y = torch.where(acc_b, y_new, y)
+        k1 = torch.where(acc_b, f_new, k1)
+        t = torch.where(accept, t_new, t)
+        h = h_next
+        nacc = nacc + accept.long()
+
+        done = (accept & last) | failed
+        if ev_sel is not None:
+            done = done.index_fill(0, ev_sel, True)
+        if bool(done.any()):
+            # finished at t1 (not by an event)
+            if ev_sel is not None:
+                not_ev = torch.ones_like(done).index_fill(0, ev_sel, False)
+                ok = done & ~failed & not_ev
+                record(ev_sel, ev_t, ev_y, Status.EVENT, it, nacc[ev_sel])
+            else:
+                ok = done & ~failed
+            sel = ok.nonzero().flatten()
+            if sel.numel():
+                record(sel, t[sel], y[sel], Status.SUCCESS, it, nacc[sel])
+            sel = failed.nonzero().flatten()
+            if sel.numel():
+                if adaptive:
+                    code = torch.where(finite[sel], int(Status.DT_UNDERFLOW),
+                                       int(Status.NONFINITE))
+                else:
+                    code = Status.NONFINITE
+                record(sel, t[sel], y[sel], code, it, nacc[sel])
+            if live is None:
+                keep = (~done).nonzero().flatten()
+                gather(keep)
+                n_active = keep.numel()
+            else:
+                live = live & ~done
+                n_active = int(live.sum())
+
+    # --- assemble per-sample outputs ---------------------------------------------------------
+    ridx = torch.cat(rec_idx)
+    perm = torch.argsort(ridx)
+    t_out = torch.cat(rec_t)[perm]
+    y_out = torch.cat(rec_y)[perm]
+    status = torch.cat(rec_status)[perm].long()
+    n_steps = torch.cat(rec_steps)[perm]
+    n_acc = torch.cat(rec_acc)[perm]
+    per_step = s if not fsal else s - 1
+    nfe = nfe_init + n_steps * per_step
+    nfe = torch.where(n_steps == 0, torch.ones_like(nfe), nfe)
+    event_mask = torch.zeros(B, dtype=torch.bool, device=device)
+    t_event = None
+    if ev is not None:
+        t_event = torch.full((B,), float("nan"), dtype=dtype, device=device)
+        if rec_ev_idx:
+            eidx, et = torch.cat(rec_ev_idx), torch.cat(rec_ev_t)
+            # first crossing per sample: records are chronological, keep the earliest
+            first = _first_occurrence(eidx, B)
+            t_event = t_event.index_put((eidx[first],), et[first])
+            event_mask[eidx] = True
+    stats = {"nfe": nfe, "n_steps": n_steps, "n_accepted": n_acc, "n_rejected": n_steps - n_acc,
+             "event_mask": event_mask}
+    ts = ys = None
+    if p.t_eval is not None:
+        ts = p.t_eval
+        flat = torch.full((B * n_eval, *p.state_shape), float("nan"), dtype=dtype, device=device)
+        if out_idx:
+            flat = flat.index_put((torch.cat(out_idx),), torch.cat(out_val))
+        ys = flat.reshape(B, n_eval, *p.state_shape)
+    dense = None
+    if dense_output:
+        if dense_rec:
+            cols = list(zip(*dense_rec))
+            dense = DenseOutput(B, *(torch.cat(c) for c in cols), direction=p.direction,
+                                t0=p.t0)
+        else:
+            empty = torch.zeros(0, dtype=torch.int64, device=device)
+            et = torch.zeros(0, dtype=dtype, device=device)
+            dense = DenseOutput(B, empty, et, et, et, p.y0[:0],
+                                p.y0[:0, None].expand(0, 1, *p.state_shape),
+                                direction=p.direction, t0=p.t0)
+    return Solution(t_out, y_out, status, stats, ts=ts, ys=ys, t_event=t_event, dense=dense)
+
+
+def _first_occurrence(idx, B):
+    """Positions of the first occurrence of each distinct value of `idx`."""
+    pos = torch.arange(idx.numel(), device=idx.device)
+    big = torch.full((B,), idx.numel(), dtype=torch.int64, device=idx.device)
+    firstpos = big.scatter_reduce(0, idx, pos, reduce="amin")
+    return firstpos[idx.unique()]
+
+
+def _ift(fcall, gcall, t_root, y_root, a_s, grad_on):
+    """Event time and stopped state carrying implicit-function-theorem gradients.
+
+    With g(t*, y(t*; p); p) = 0, dt*/dp = -(dg/dp + dg/dy dy/dp) / (dg/dt + dg/dy f).
+    We return t* = t_root - (g - g.detach()) / (dg/dt + dg/dy f).detach(): its value is t_root
+    and its gradient is exactly the formula above. The stopped state is
+    y_root + f(t*, y*).detach() (t* - t_root), which adds the f dt*/dp term to dy(t*)/dp.
+    """
+    if not grad_on:
+        return t_root.detach(), y_root
+    g_val = gcall(t_root.detach(), y_root, a_s)
+    if not (g_val.requires_grad or y_root.requires_grad):
+        return t_root.detach(), y_root
+    with torch.enable_grad():
+        tt = t_root.detach().requires_grad_(True)
+        yy = y_root.detach().requires_grad_(True)
+        gg = gcall(tt, yy, tuple(a.detach() for a in a_s))
+        gt, gy = torch.autograd.grad(gg.sum(), (tt, yy), allow_unused=True)
+    with torch.no_grad():
+        fstar = fcall(tt.detach(), yy.detach(), a_s)
+        dgdt = (gt if gt is not None else torch.zeros_like(tt)).detach()
+        if gy is not None:
+            dgdt = dgdt + (gy * fstar).flatten(1).sum(1)
+    t_star = t_root.detach() - (g_val - g_val.detach()) / dgdt
+    shape = (-1,) + (1,) * (y_root.dim() - 1)
+    y_stop = y_root + fstar * (t_star - t_root.detach()).reshape(shape)
+    return t_star, y_stop
