@@ -295,14 +295,18 @@ def crr_lattice(spot: float, strike: float, rate: float, vol: float, maturity: f
     if any(s < 0 or s > steps for s in allowed):
         raise ValueError(f"{who}: exercise_steps must lie in [0, {steps}]")
     times = torch.arange(steps + 1, dtype=torch.float64) * dt
+    # every node price is spot * u^j for j in [-steps, steps]; step i uses every other one of
+    # j = -i, ..., i, so all steps are strided views of one vector (no per-step exp)
+    master = spot * torch.exp(vol * math.sqrt(dt) * torch.arange(-steps, steps + 1,
+                                                                 dtype=torch.float64))
+    pay = (strike - master if kind == "put" else master - strike).clamp_min(0)
+    disc = torch.exp(-rate * times)
     prices, rewards = [], []
     for i in range(steps + 1):
-        s = spot * torch.exp(vol * math.sqrt(dt) * (2 * torch.arange(i + 1, dtype=torch.float64)
-                                                     - i))
-        pay = (strike - s if kind == "put" else s - strike).clamp_min(0) * math.exp(
-            -rate * float(times[i]))
-        prices.append(s)
-        rewards.append(pay if i in allowed else torch.full_like(pay, -math.inf))
+        sl = slice(steps - i, steps + i + 1, 2)
+        prices.append(master[sl])
+        rewards.append(pay[sl] * disc[i] if i in allowed else torch.full(
+            (i + 1,), -math.inf, dtype=torch.float64))
 
     def expect(t, v):
         return p * v[1:] + (1 - p) * v[:-1]

@@ -57,6 +57,9 @@ def _check_common(policy, simulator, reward_fn, who):
     if not isinstance(simulator, PathSimulator):
         raise TypeError(f"{who}: simulator must be a PathSimulator, got "
                         f"{type(simulator).__name__}")
+    if type(simulator).sample_from is PathSimulator.sample_from:
+        raise ValueError(f"{who}: {type(simulator).__name__} is not Markov (no sample_from): "
+                         "nested simulation needs to restart paths from a state")
     if not callable(reward_fn):
         raise TypeError(f"{who}: reward_fn must be callable, got {describe(reward_fn)}")
     if simulator.n_times != policy.n_times:
