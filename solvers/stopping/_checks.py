@@ -22,7 +22,8 @@ def as_float_tensor(x, name: str, who: str) -> Tensor:
             raise TypeError(f"{who}: {name} must be a real tensor, got {describe(x)}")
         return x if x.is_floating_point() else x.to(torch.get_default_dtype())
     try:
-        t = torch.as_tensor(x)
+        # python numbers and lists: float64, never the (float32) default dtype
+        t = torch.as_tensor(x) if hasattr(x, "dtype") else torch.as_tensor(x, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(f"{who}: {name} must be a tensor or array, got {describe(x)}") from e
     if t.dtype == torch.bool or t.is_complex():
