@@ -254,3 +254,53 @@ def test_gate_moments_general_identity_nonaffine_model():
     assert m.second_moment == pytest.approx(m.mean_sq_norm + m.trace_cov, rel=1e-10)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         gate_gradient_moments(grad_fn, [0.5, 1.2, 0.5, 0.5])
+
+
+# ---------------------------------------------------------------------------------------------
+# The same counts on odedepth.models' gated ResNet-50 (configured by strings, as in the issue).
+@pytest.fixture(scope="module")
+def gated_resnet50():
+    models = pytest.importorskip("odedepth.models")
+    return models.create_model("resnet50", gated=True, exits=False, branch_scale=1.0)
+
+
+@pytest.mark.parametrize("config", ["FFFF", "TTTT", "FTTF", "TFFT"])
+def test_gated_resnet50_macs_table(gated_resnet50, config):
+    m = gated_resnet50.configure(config)
+    c = count_macs(m, (1, 3, 224, 224))
+    assert c.gmacs == pytest.approx(_TABLE[config], abs=0.0015)
+    if config == "FFFF":
+        assert c.gmacs == pytest.approx(4.09, abs=0.01)
+    if config == "TTTT":
+        assert 2.56 <= c.gmacs <= 2.58
+    # The model's own analytic count (shape arithmetic, no tracing) is a peer.
+    assert c.macs == m.macs((1, 3, 224, 224))
+
+
+def test_plain_resnet50_from_registry():
+    models = pytest.importorskip("odedepth.models")
+    m = models.create_model("resnet50")
+    assert count_parameters(m) == 25_557_032
+    assert count_macs(m, (1, 3, 224, 224)).gmacs == pytest.approx(4.09, abs=0.01)
+
+
+def test_meta_fallback_for_value_reading_forward():
+    # A forward that reads values (like exits building a validated trajectory) cannot run on
+    # meta; count_macs falls back to a real pass and leaves the mode and BN statistics alone.
+    class Reads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(6, 3)
+            self.bn = nn.BatchNorm1d(6)
+
+        def forward(self, x):
+            if bool(torch.isfinite(x).all()):
+                return self.lin(self.bn(x))
+            return x
+
+    m = Reads()
+    c = count_macs(m, (4, 6))
+    assert c.macs == 4 * 6 * 3
+    assert m.training and int(m.bn.num_batches_tracked) == 0
+    with pytest.raises(RuntimeError, match="meta"):
+        count_macs(m, (4, 6), fallback=False)

@@ -162,7 +162,7 @@ def test_gated_objective_cycle_and_distill_step():
     student = copy.deepcopy(model).set_gates([0, 0, 0])(x)
     ref = 0.5 * F.cross_entropy(student, y) + 0.5 * _np_kl(teacher.detach().double().numpy(),
                                                            student.detach().double().numpy())
-    assert loss.detach().item() == pytest.approx(float(ref), rel=1e-5)
+    assert loss.detach().item() == pytest.approx(float(ref.detach()), rel=1e-5)
     loss.backward()
     # Gated branches appear only in the (detached) teacher: no gradient reaches them.
     assert all(p.grad is None for p in model.gated.parameters())

@@ -67,6 +67,7 @@ def count_macs(
     input: Tensor | tuple | None = None,
     device: str | torch.device | None = "meta",
     dtype: torch.dtype = torch.float32,
+    fallback: bool = True,
     **forward_kwargs,
 ) -> MacCount:
     """Count the multiply-adds and FLOPs of one forward pass.
@@ -84,8 +85,10 @@ def count_macs(
     - `input`: a concrete input (tensor or tuple of positional arguments) instead of
       `input_shape`; required when `device` is a real device and the forward pass reads values.
     - `device`: `"meta"` (default: no arithmetic) or a real device, or `None` to run where the
-      model lives.
+      model lives. On a real device the forward pass runs in eval mode (mode restored after).
     - `dtype`: dtype of the zero input built from `input_shape`.
+    - `fallback`: if the forward pass cannot run on `meta` (it reads tensor values), count again
+      on the model's own device with a zero input (real arithmetic, same counts).
     - `**forward_kwargs`: passed to `model(...)`.
 
     **Returns:** a :class:`MacCount` with `.macs`, `.flops` and per-module/per-op breakdowns.
@@ -108,7 +111,20 @@ def count_macs(
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
+    if device.type == "meta":
+        try:
+            return _count(model, input_shape, input, device, dtype, forward_kwargs)
+        except (RuntimeError, NotImplementedError) as err:
+            if not fallback or "meta" not in str(err).lower():
+                raise
+            # The forward pass reads values (e.g. validates a trajectory): count for real.
+            p = next(iter(model.parameters()), None)
+            device = p.device if p is not None else torch.device("cpu")
+    return _count(model, input_shape, input, device, dtype, forward_kwargs)
 
+
+def _count(model, input_shape, input, device, dtype, forward_kwargs) -> MacCount:
+    shape = None if input_shape is None else tuple(input_shape)
     if device.type == "meta":
         # Deep copy so that the caller's weights stay where they are.
         run_model = copy.deepcopy(model).to(device)
@@ -121,8 +137,15 @@ def count_macs(
         args = tuple(a.to(device) if isinstance(a, Tensor) else a for a in args)
 
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        run_model(*args, **forward_kwargs)
+    # On a real device run in eval mode so that counting leaves batch-norm statistics untouched.
+    was_training = run_model.training
+    if device.type != "meta":
+        run_model.eval()
+    try:
+        with torch.no_grad(), counter:
+            run_model(*args, **forward_kwargs)
+    finally:
+        run_model.train(was_training)
     # FlopCounterMode names modules "<RootClass>.<path>"; strip the root so that the keys match
     # `model.named_modules()` (the root itself becomes "").
     root = type(run_model).__name__
