@@ -322,3 +322,19 @@ def test_cifar_stem_keeps_resolution_and_config_rebuilds():
     assert {k: v.shape for k, v in again.state_dict().items()} == \
         {k: v.shape for k, v in model.state_dict().items()}
     assert model(torch.randn(2, 1, 16, 16)).shape == (2, 5)
+
+
+def test_cost_trajectory_uses_multiply_adds_as_depths():
+    model = create_model("resnet50", exits="shared", **SMALL).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        logits, traj = model.forward_trajectory(x, kind="cost")
+    assert traj.kind == "cost"
+    torch.testing.assert_close(traj.depths, traj.cost)
+    # cumulative MACs: stem 7x7/2 conv on 32x32 -> 16x16x4 outputs of 3*49 products each
+    assert float(traj.cost[0]) == 4 * 16 * 16 * 3 * 49
+    steps = traj.cost.diff()
+    # layer1.1 and layer1.2 are identical bottlenecks on 8x8x16 maps: 16*4 + 4*4*9 + 4*16 per pixel
+    assert float(steps[1]) == float(steps[2]) == 8 * 8 * (16 * 4 + 4 * 4 * 9 + 4 * 16)
+    with pytest.raises(ValueError, match="kind"):
+        model.forward_trajectory(x, kind="time")

@@ -288,6 +288,22 @@ class DepthNet(nn.Module):
         """
         if self.exits_mode is None:
             return self._forward_head(self._run(x))
+        return self.forward_trajectory(x, kind="block")
+
+    def forward_trajectory(self, x: Tensor, kind: str = "block"):
+        """`(logits, DepthTrajectory)` over the exits of the current configuration.
+
+        **Arguments:** `x`; `kind`: `"block"` (depths = block indices, 0 = stem) or `"cost"`
+        (depths = cumulative multiply-adds per sample of :meth:`exit_costs`). The cost field
+        holds the multiply-adds either way.
+
+        **Returns:** the head logits and the trajectory (its last output equals the logits).
+        """
+        if self.exits_mode is None:
+            raise ValueError("forward_trajectory: the model has no exits; build it with "
+                             "exits='per_block' or exits='shared'")
+        if kind not in ("block", "cost"):
+            raise ValueError(f"forward_trajectory: kind must be 'block' or 'cost', got {kind!r}")
         outs = []
 
         def visit(pos, h, logits, is_last):
@@ -296,10 +312,12 @@ class DepthNet(nn.Module):
 
         self._run(x, visit)
         logits = outs[-1]
-        depths = torch.tensor(self.exit_depths(), dtype=logits.dtype, device=logits.device)
         cost = torch.tensor(self.exit_costs(x.shape), dtype=torch.float64, device=logits.device)
-        traj = DepthTrajectory(depths=depths, outputs=torch.stack(outs, dim=1),
-                               cost=cost.to(logits.dtype), kind="block")
+        cost = cost.to(logits.dtype)
+        depths = cost if kind == "cost" else torch.tensor(
+            self.exit_depths(), dtype=logits.dtype, device=logits.device)
+        traj = DepthTrajectory(depths=depths, outputs=torch.stack(outs, dim=1), cost=cost,
+                               kind=kind)
         return logits, traj
 
     def forward_early_exit(self, x: Tensor, rule) -> tuple[Tensor, Tensor]:

@@ -105,7 +105,8 @@ def check_gate_probs(gate_probs, n_stages: int) -> torch.Tensor:
     elif isinstance(gate_probs, (int, float)) and not isinstance(gate_probs, bool):
         probs = [float(gate_probs)] * n_stages
     else:
-        probs = [float(p) for p in torch.as_tensor(gate_probs, dtype=torch.float64).reshape(-1).tolist()]
+        flat = torch.as_tensor(gate_probs, dtype=torch.float64).reshape(-1)
+        probs = [float(p) for p in flat.tolist()]
     if len(probs) != n_stages:
         raise ValueError(f"gate_probs: expected {n_stages} values (one per stage), got {len(probs)}")
     if not all(0.0 < p <= 1.0 for p in probs):
