@@ -90,7 +90,7 @@ RK4 = _named("rk4", "Classical Runge--Kutta (order 4, fixed step); Hermite dense
 Bosh3 = _named("bosh3", "Bogacki--Shampine 3(2), FSAL, adaptive; Hermite dense output.")
 Dopri5 = _named("dopri5", "Dormand--Prince 5(4), FSAL, adaptive; Shampine's quartic dense output.")
 Tsit5 = _named("tsit5", "Tsitouras 5(4), FSAL, adaptive; Tsitouras' quartic dense output.")
-Dopri8 = _named("dopri8", "Prince--Dormand 8(7) 13M, adaptive; Hermite cubic dense output.")
+Dopri8 = _named("dopri8", "Prince--Dormand 8(7) 13M, adaptive; degree-6 continuous extension.")
 Midpoint.__name__ = Midpoint.__qualname__ = "Midpoint"
 Dopri5.__name__ = Dopri5.__qualname__ = "Dopri5"
 Dopri8.__name__ = Dopri8.__qualname__ = "Dopri8"

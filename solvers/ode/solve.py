@@ -195,12 +195,12 @@ def _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, f
         if bool(zero_both.any()):
             raise ValueError("rtol and atol are both zero (for some component): the error "
                              "test can never pass")
-        if r < 100 * eps:
-            warnings.warn(f"rtol={r:g} is below 100*eps={100 * eps:g} for {p.dtype}; using "
-                          f"{100 * eps:g} (the error estimate is meaningless below it)",
+        if r < 4 * eps:
+            warnings.warn(f"rtol={r:g} is below 4*eps={4 * eps:g} for {p.dtype}; using "
+                          f"{4 * eps:g} (the error estimate is meaningless below it)",
                           stacklevel=3)
-            p.rtol = (max(p.rtol, 100 * eps) if isinstance(p.rtol, float)
-                      else p.rtol.clamp(min=100 * eps))
+            p.rtol = (max(p.rtol, 4 * eps) if isinstance(p.rtol, float)
+                      else p.rtol.clamp(min=4 * eps))
 
     if not isinstance(max_steps, numbers.Integral) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
@@ -288,16 +288,6 @@ def _lincomb_grad(coeffs, ks):
     return out
 
 
-def _lincomb_nograd(coeffs, ks):
-    """sum_i c_i k_i accumulated in place (no autograd graph to protect)."""
-    out = None
-    for c, k in zip(coeffs, ks):
-        if c == 0.0:
-            continue
-        out = torch.mul(k, c) if out is None else out.add_(k, alpha=c)
-    return out
-
-
 def _rms(x):
     return x.square().flatten(1).mean(1).sqrt()
 
@@ -326,7 +316,6 @@ def _integrate(p, dense_output, compact):
     B, dtype, device = p.batch, p.dtype, p.device
     ones = (1,) * len(p.state_shape)
     grad_on = torch.is_grad_enabled()
-    lincomb = _lincomb_grad if grad_on else _lincomb_nograd
     eps = torch.finfo(dtype).eps
     A = [list(r) for r in tab.a]
     Cn = list(tab.c)
@@ -335,8 +324,23 @@ def _integrate(p, dense_output, compact):
     s, fsal, adaptive = tab.stages, tab.fsal, tab.adaptive
     q = method.error_order
     rtol, atol = p.rtol, p.atol
-    W = method.interp_weights(torch.float64, "cpu") if (
-        dense_output or p.t_eval is not None or ev is not None) else None
+    need_coef = dense_output or p.t_eval is not None or ev is not None
+    W_t = method.interp_weights(dtype, device) if need_coef else None
+    n_ext = tab.n_ext
+    D = math.prod(p.state_shape)
+    red_dims = tuple(range(1, 1 + len(p.state_shape)))
+    # Fast path (no autograd graph to build): h-scaled stages in a preallocated buffer.
+    # With autograd on, stages stay separate tensors so that nothing is modified in place.
+    fast = not grad_on and dtype in (torch.float32, torch.float64)
+    if fast:
+        Kbuf = torch.empty(n_ext, B * D, dtype=dtype, device=device)
+        A_t = [None] + [torch.tensor([A[i]], dtype=dtype, device=device) for i in range(1, s)]
+        B_t = torch.tensor([Bw], dtype=dtype, device=device)
+        E_t = torch.tensor([Berr], dtype=dtype, device=device) if Berr is not None else None
+        kview_n, K, Kv = -1, None, None
+    sqrt_d = math.sqrt(D)
+    rtol_n = rtol * sqrt_d
+    atol_n = atol * sqrt_d
 
     has_args = p.args is not None
     if has_args:
@@ -401,7 +405,9 @@ def _integrate(p, dense_output, compact):
                 h1 = torch.where(dm <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
                                  (0.01 / dm).pow(1.0 / (q + 1)))
                 hh = torch.minimum(100 * h0, h1)
-                hh = torch.where(torch.isfinite(hh), hh, h0)
+                # A non-finite f at t0 (NaN sample) must not poison h: start small, let the
+                # step-rejection logic shrink it to the failure floor.
+                hh = torch.where(torch.isfinite(hh), hh, 1e-6 * (t1 - t).abs())
                 h = hh * direction
             nfe_init += 1
         h = h.clamp(-p.dt_max, p.dt_max)
@@ -426,10 +432,14 @@ def _integrate(p, dense_output, compact):
 
     live = None if compact else torch.ones(B, dtype=torch.bool, device=device)
 
+    # Below this step size a sample cannot make progress: the float spacing of its times,
+    # or the user's dt_min (constant per sample: |t| never exceeds max(|t0|, |t1|)).
+    floor = torch.clamp(torch.maximum(p.t0.abs(), p.t1.abs()) * (8 * eps), min=p.dt_min)
+
     def gather(keep):
-        nonlocal idx, t, t1, direction, y, h, k1, nacc, cstate, argsa, live
+        nonlocal idx, t, t1, direction, y, h, k1, nacc, cstate, argsa, live, floor
         nonlocal g_old, te, ptr
-        idx, t, t1, direction = idx[keep], t[keep], t1[keep], direction[keep]
+        idx, t, t1, direction, floor = idx[keep], t[keep], t1[keep], direction[keep], floor[keep]
         y, h, k1, nacc = y[keep], h[keep], k1[keep], nacc[keep]
         if cstate is not None:
             cstate = cstate[keep]
@@ -464,35 +474,57 @@ def _integrate(p, dense_output, compact):
         last = h.abs() >= rem.abs()
         hs = torch.where(last, rem, h)
         hb = hs.reshape(-1, *ones)
-        ks = [k1]
-        yi = y
-        for i in range(1, s):
-            yi = torch.addcmul(y, hb, lincomb(A[i], ks))
-            ks.append(fcall(torch.add(t, hs, alpha=Cn[i]), yi, argsa))
-        if fsal:
-            y_new, f_new = yi, ks[-1]
+        n = idx.numel()
+        if fast:
+            # Stages scaled by h live in rows of one flat buffer, so each stage input is a
+            # single addmm: y_i = y + sum_j a_ij (h k_j)  (one BLAS call instead of i ops).
+            if kview_n != n:
+                K, Kv, kview_n = Kbuf[:, : n * D], [Kbuf[i, : n * D].view(n, *p.state_shape)
+                                                    for i in range(n_ext)], n
+            yflat = y.reshape(1, n * D)
+            torch.mul(k1, hb, out=Kv[0])
+            yi, fi = y, k1
+            for i in range(1, s):
+                yi = torch.addmm(yflat, A_t[i], K[:i]).view_as(y)
+                fi = fcall(torch.add(t, hs, alpha=Cn[i]), yi, argsa)
+                torch.mul(fi, hb, out=Kv[i])
+            if fsal:
+                y_new, f_new = yi, fi
+            else:
+                y_new = torch.addmm(yflat, B_t, K[:s]).view_as(y)
+            if adaptive:
+                err = torch.mm(E_t, K[:s]).view_as(y)
         else:
-            y_new = torch.addcmul(y, hb, lincomb(Bw, ks))
+            ks = [k1]
+            yi = y
+            for i in range(1, s):
+                yi = torch.addcmul(y, hb, _lincomb_grad(A[i], ks))
+                ks.append(fcall(torch.add(t, hs, alpha=Cn[i]), yi, argsa))
+            if fsal:
+                y_new, f_new = yi, ks[-1]
+            else:
+                y_new = torch.addcmul(y, hb, _lincomb_grad(Bw, ks))
+            if adaptive:
+                with torch.no_grad():
+                    err = _lincomb_grad(Berr, ks) * hb
         t_new = torch.where(last, t1, t + hs)
 
         if adaptive:
             with torch.no_grad():
-                err = lincomb(Berr, ks).mul_(hb) if not grad_on else lincomb(Berr, ks) * hb
-                scale = torch.maximum(y.abs(), y_new.abs()).mul_(rtol).add_(atol)
-                ratio = _rms(err.div_(scale)) if not grad_on else _rms(err / scale)
-                # A non-finite y_new with a finite error estimate must not pass: inf * 0 = nan.
-                ratio = ratio + y_new.flatten(1).sum(1).mul(0.0)
-                finite = torch.isfinite(ratio)
+                # RMS norm: rtol and atol were pre-multiplied by sqrt(state size), so the
+                # Euclidean norm of err / scale is the RMS norm of the unscaled ratio.
+                scale = torch.maximum(y.abs(), y_new.abs()).mul_(rtol_n).add_(atol_n)
+                ratio = torch.linalg.vector_norm(err.div_(scale), dim=red_dims)
+                finite = ratio < math.inf  # False for NaN and inf
                 accept = ratio <= 1.0
-                fac, cstate_new = ctrl.factor(ratio, accept, cstate, q)
-                fac = torch.where(finite, fac, torch.full_like(fac, ctrl.factor_min))
-                h_next = (hs * fac).clamp(-p.dt_max, p.dt_max)
-                # Too small to make progress (user dt_min, or below float spacing of t).
-                floor = torch.clamp(t.abs() * (8 * eps), min=p.dt_min)
-                small = h_next.abs() < floor
-                failed = small & ~accept
-                h_next = torch.where(small & accept, floor * direction, h_next)
-                cstate = cstate_new
+                fac, cstate = ctrl.factor(ratio, accept, cstate, q)
+                # NaN ratio (non-finite stages): shrink by the minimum factor and retry.
+                fac = torch.nan_to_num(fac, nan=ctrl.factor_min)
+                h_next = hs * fac
+                if p.dt_max < math.inf:
+                    h_next = h_next.clamp(-p.dt_max, p.dt_max)
+                # Cannot shrink further (user dt_min or the float spacing of t): fail.
+                failed = (h_next.abs() < floor) & ~accept
         else:
             with torch.no_grad():
                 finite = torch.isfinite(y_new.flatten(1).sum(1))
@@ -504,6 +536,21 @@ def _integrate(p, dense_output, compact):
             failed = failed & live
         if not fsal:
             f_new = fcall(t_new, y_new, argsa)
+            if fast and need_coef:
+                torch.mul(f_new, hb, out=Kv[s])
+        # Interpolation coefficients of this step, computed lazily (events, t_eval, dense).
+        coef_cache = []
+        step_data = (K, n) if fast else (ks + ([] if fsal else [f_new]), hs)
+
+        def get_coef(cache=coef_cache, data=step_data):
+            """(n, degree, *state) interpolation coefficients of this step."""
+            if not cache:
+                if fast:
+                    c = torch.mm(W_t, data[0]).view(W_t.shape[0], data[1], *p.state_shape)
+                    cache.append(c.movedim(0, 1))
+                else:
+                    cache.append(_interp_coef(W_t, *data))
+            return cache[0]
 
         # --- events on the accepted steps ----------------------------------------------------
         ev_sel = None
@@ -514,8 +561,7 @@ def _integrate(p, dense_output, compact):
                 hit = crossed(g_old, g_new, ev.direction) & accept
             if bool(hit.any()):
                 sub = hit.nonzero().flatten()
-                kext = [k[sub] for k in ks] + ([] if fsal else [f_new[sub]])
-                coef = _interp_coef(W.to(dtype), kext, hs[sub])
+                coef = get_coef()[sub]
                 y_s, t_s, h_s = y[sub], t[sub], hs[sub]
                 a_s = tuple(a[sub] for a in argsa)
                 with torch.no_grad():
@@ -536,14 +582,10 @@ def _integrate(p, dense_output, compact):
                     ev_sel = sub
                     ev_t, ev_y = t_star, y_stop
                     step_end = t_new.index_put((sub,), t_root.detach())
-                else:
-                    # Record only the first crossing of each sample (never fire twice).
-                    pass
+                # Non-terminal: every crossing is recorded; the first one per sample is kept.
             g_old = torch.where(accept, g_new, g_old)
 
         # --- outputs at t_eval inside the accepted step --------------------------------------
-        if p.t_eval is not None or dense_output:
-            coef_all = None
         if p.t_eval is not None:
             dcol = direction
             while True:
@@ -553,25 +595,16 @@ def _integrate(p, dense_output, compact):
                 if not bool(want.any()):
                     break
                 sub = want.nonzero().flatten()
-                if coef_all is None:
-                    kext = ks + ([] if fsal else [f_new])
-                    coef_all = _interp_coef(W.to(dtype), kext, hs)
                 theta = (tn[sub] - t[sub]) / hs[sub]
-                yv = _horner(y[sub], coef_all[sub], theta)
-                if ev_sel is not None:
-                    # Outputs in the event step: continue the event-corrected state to first order.
-                    pass
+                yv = _horner(y[sub], get_coef()[sub], theta)
                 out_idx.append(idx[sub] * n_eval + ptr[sub])
                 out_val.append(yv)
                 ptr = ptr + want.long()
         if dense_output:
             sub = accept.nonzero().flatten()
             if sub.numel():
-                if coef_all is None:
-                    kext = ks + ([] if fsal else [f_new])
-                    coef_all = _interp_coef(W.to(dtype), kext, hs)
                 dense_rec.append((idx[sub], t[sub], step_end[sub], hs[sub], y[sub],
-                                  coef_all[sub]))
+                                  get_coef()[sub]))
 
         # --- merge accepted steps ------------------------------------------------------------
         acc_b = accept.reshape(-1, *ones)
@@ -579,7 +612,7 @@ def _integrate(p, dense_output, compact):
         k1 = torch.where(acc_b, f_new, k1)
         t = torch.where(accept, t_new, t)
         h = h_next
-        nacc = nacc + accept.long()
+        nacc += accept
 
         done = (accept & last) | failed
         if ev_sel is not None:
