@@ -63,7 +63,8 @@ def solve(f, y0, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8, t_eval=None, 
     - `max_steps`: maximum number of step attempts per sample (status ``MAX_STEPS``).
     - `throw`: raise :class:`~solvers.ode.SolveError` if any sample failed; otherwise
       return the partial solution with per-sample statuses.
-    - `dt`: step size of fixed-step methods: float or ``(batch,)`` positive tensor.
+    - `dt`: step size of fixed-step methods: float or ``(batch,)`` positive tensor. Given
+      with an adaptive method, it forces fixed steps (the error estimate is not used).
     - `first_step`: initial step of adaptive methods (float or ``(batch,)``); default
       Hairer's heuristic per sample (one extra `f` evaluation).
     - `dt_min`, `dt_max`: bounds on the step size magnitude.
@@ -189,7 +190,7 @@ def _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, f
     eps = torch.finfo(p.dtype).eps
     p.rtol = _tolerance(rtol, "rtol", p.state_shape, p.dtype, p.device)
     p.atol = _tolerance(atol, "atol", p.state_shape, p.dtype, p.device)
-    if p.method.adaptive:
+    if p.method.adaptive and dt is None:
         r = p.rtol if isinstance(p.rtol, float) else p.rtol.min().item()
         zero_both = (torch.as_tensor(p.rtol) == 0) & (torch.as_tensor(p.atol) == 0)
         if bool(zero_both.any()):
@@ -211,14 +212,12 @@ def _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, f
         raise ValueError(f"dt_max must be > 0 and >= dt_min, got {dt_max!r}")
     p.dt_min, p.dt_max = float(dt_min), float(dt_max)
 
-    if p.method.adaptive:
-        if dt is not None:
-            raise ValueError(f"dt= is the step of fixed-step methods; {p.method.name} is adaptive"
-                             " (use first_step= for its initial step)")
+    if dt is None:
+        if not p.method.adaptive:
+            raise ValueError(f"method {p.method.name} is fixed-step: pass dt= (step size > 0)")
         p.dt = None
     else:
-        if dt is None:
-            raise ValueError(f"method {p.method.name} is fixed-step: pass dt= (step size > 0)")
+        # dt= forces fixed steps, also for adaptive methods (their error estimate is unused).
         p.dt = _as_time(dt, "dt", p.batch, p.dtype, p.device)
         if not bool((p.dt > 0).all()):
             raise ValueError("dt must be > 0 (the direction comes from t_span)")
@@ -321,7 +320,7 @@ def _integrate(p, dense_output, compact):
     Cn = list(tab.c)
     Bw = list(tab.b)
     Berr = list(tab.b_err) if tab.b_err is not None else None
-    s, fsal, adaptive = tab.stages, tab.fsal, tab.adaptive
+    s, fsal, adaptive = tab.stages, tab.fsal, tab.adaptive and p.dt is None
     q = method.error_order
     rtol, atol = p.rtol, p.atol
     need_coef = dense_output or p.t_eval is not None or ev is not None
@@ -471,7 +470,8 @@ def _integrate(p, dense_output, compact):
             break
         it += 1
         rem = t1 - t
-        last = h.abs() >= rem.abs()
+        # A remainder within float spacing of the step is taken now (no sliver of a last step).
+        last = h.abs() >= rem.abs() - floor
         hs = torch.where(last, rem, h)
         hb = hs.reshape(-1, *ones)
         n = idx.numel()
