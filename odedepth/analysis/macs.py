@@ -85,7 +85,7 @@ def count_macs(
     - `input`: a concrete input (tensor or tuple of positional arguments) instead of
       `input_shape`; required when `device` is a real device and the forward pass reads values.
     - `device`: `"meta"` (default: no arithmetic) or a real device, or `None` to run where the
-      model lives. On a real device the forward pass runs in eval mode (mode restored after).
+      model lives. The forward pass runs in eval mode (the mode is restored after).
     - `dtype`: dtype of the zero input built from `input_shape`.
     - `fallback`: if the forward pass cannot run on `meta` (it reads tensor values), count again
       on the model's own device with a zero input (real arithmetic, same counts).
@@ -137,10 +137,10 @@ def _count(model, input_shape, input, device, dtype, forward_kwargs) -> MacCount
         args = tuple(a.to(device) if isinstance(a, Tensor) else a for a in args)
 
     counter = FlopCounterMode(display=False)
-    # On a real device run in eval mode so that counting leaves batch-norm statistics untouched.
+    # Eval mode: counting must leave batch-norm statistics untouched (and batch-1 inputs with
+    # 1x1 maps are legal in eval only); the mode is restored afterwards.
     was_training = run_model.training
-    if device.type != "meta":
-        run_model.eval()
+    run_model.eval()
     try:
         with torch.no_grad(), counter:
             run_model(*args, **forward_kwargs)

@@ -254,7 +254,16 @@ def sample_gates(probs, generator: torch.Generator | None = None, *, sync: bool 
     return broadcast_gates(b, src=src, group=group) if sync else b
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module behind a DistributedDataParallel / DataParallel wrapper (which has no gates).
+
+    DDP needs `find_unused_parameters=True` with gates: a bypassed sub-path's parameters get no
+    gradient in that step (the same on every rank, since the gates are broadcast)."""
+    return model.module if isinstance(getattr(model, "module", None), nn.Module) else model
+
+
 def _set_gates(model: nn.Module, gates: Tensor) -> None:
+    model = _unwrap(model)
     if not hasattr(model, "set_gates"):
         raise TypeError(f"{type(model).__name__} has no set_gates(gates): build the model with "
                         "gated=True (odedepth.models) or implement set_gates")
@@ -262,7 +271,7 @@ def _set_gates(model: nn.Module, gates: Tensor) -> None:
 
 
 def _n_stages(model: nn.Module) -> int:
-    n = getattr(model, "n_stages", None)
+    n = getattr(_unwrap(model), "n_stages", None)
     if n is None:
         raise TypeError(f"{type(model).__name__} has no n_stages attribute")
     return int(n)
@@ -313,7 +322,7 @@ class GatedDepthObjective:
                  loss_fn: Callable | None = None):
         who = "GatedDepthObjective"
         S = _n_stages(model)
-        if not hasattr(model, "set_gates"):
+        if not hasattr(_unwrap(model), "set_gates"):
             raise TypeError(f"{who}: model has no set_gates; build it with gated=True")
         if schedule is None:
             schedule = GateSchedule(S)
