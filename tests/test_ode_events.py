@@ -1,0 +1,210 @@
+"""Per-sample events of solvers.ode against closed forms, finite differences and torchdiffeq:
+event times, stopped states and implicit-function-theorem gradients."""
+
+import math
+
+import pytest
+import torch
+import torchdiffeq
+
+from solvers import ode
+
+D = torch.float64
+G = 8.0
+
+
+def ball(t, y):
+    # state (height, velocity); constant gravity g = 8
+    return torch.stack([y[:, 1], torch.full_like(y[:, 0], -G)], dim=1)
+
+
+def ground(t, y):
+    return y[:, 0]
+
+
+def test_bouncing_ball_closed_form_batch():
+    # x0 = 10, g = 8: t* = sqrt(2 x0 / g) = 1.58114, v = -12.649, dt*/dx0 = 1/(g t*) = 0.079057.
+    x0 = torch.tensor([10.0, 5.0, 1e4], dtype=D)
+    y0 = torch.stack([x0, torch.zeros_like(x0)], 1).requires_grad_()
+    sol = ode.solve(ball, y0, (0.0, 10.0), event=ode.Event(ground, direction=-1), rtol=1e-10,
+                    atol=1e-12)
+    tstar = torch.sqrt(2 * x0 / G)
+    assert sol.status.tolist() == [1, 1, 0]  # the third never lands before t = 10
+    assert sol.stats["event_mask"].tolist() == [True, True, False]
+    torch.testing.assert_close(sol.t[:2], tstar[:2], rtol=1e-10, atol=1e-10)
+    assert sol.t[0].item() == pytest.approx(1.58114, abs=1e-5)
+    assert sol.y[0, 1].item() == pytest.approx(-12.649, abs=1e-3)
+    torch.testing.assert_close(sol.y[:2, 0], torch.zeros(2, dtype=D), rtol=0, atol=1e-9)
+    torch.testing.assert_close(sol.t[2], torch.tensor(10.0, dtype=D))
+    torch.testing.assert_close(sol.t_event[:2], tstar[:2])
+    assert math.isnan(sol.t_event[2].item())
+    (g,) = torch.autograd.grad(sol.t[:2].sum(), y0)
+    torch.testing.assert_close(g[:2, 0], 1.0 / (G * tstar[:2]), rtol=1e-8, atol=1e-10)
+    assert g[0, 0].item() == pytest.approx(0.079057, abs=1e-6)
+    # dt*/dv0 at v0 = 0: t* = (v0 + sqrt(v0^2 + 2 g x0)) / g -> 1/g
+    torch.testing.assert_close(g[:2, 1], torch.full((2,), 1.0 / G, dtype=D))
+    assert g[2].abs().max() == 0  # the sample that did not land has no event-time gradient
+
+
+def test_bouncing_ball_stopped_state_gradient_finite_differences():
+    # d v(t*) / d x0 = -g dt*/dx0 comes entirely from the f * dt*/dx0 correction term.
+    def stopped(x0):
+        y0 = torch.stack([x0, torch.zeros_like(x0)], 1)
+        sol = ode.solve(ball, y0, (0.0, 10.0), event=ode.Event(ground, direction=-1),
+                        rtol=1e-11, atol=1e-13)
+        return sol.t, sol.y[:, 1]
+
+    x0 = torch.tensor([10.0], dtype=D, requires_grad=True)
+    t, v = stopped(x0)
+    gt, = torch.autograd.grad(t.sum(), x0, retain_graph=True)
+    gv, = torch.autograd.grad(v.sum(), x0)
+    eps = 1e-5
+    tp, vp = stopped(x0.detach() + eps)
+    tm, vm = stopped(x0.detach() - eps)
+    assert gt.item() == pytest.approx(((tp - tm) / (2 * eps)).item(), rel=1e-6)
+    assert gv.item() == pytest.approx(((vp - vm) / (2 * eps)).item(), rel=1e-6)
+    assert gv.item() == pytest.approx(-G / (G * math.sqrt(2 * 10.0 / G)), rel=1e-8)
+
+
+def test_linear_decay_threshold_gradients_wrt_y0_k_and_event_parameter():
+    # y' = -k y, event y = c where c is a parameter of the event function only:
+    # t* = ln(y0/c)/k; dt*/dy0 = 1/(k y0), dt*/dk = -t*/k, dt*/dc = -1/(k c).
+    k = torch.tensor(0.7, dtype=D, requires_grad=True)
+    c = torch.tensor(0.3, dtype=D, requires_grad=True)
+    y0 = torch.tensor([[1.0], [2.0], [0.2]], dtype=D, requires_grad=True)
+    ev = ode.Event(lambda t, y: c - y[:, 0])
+    sol = ode.solve(lambda t, y: -k * y, y0, (0.0, 10.0), event=ev, rtol=1e-10, atol=1e-12,
+                    throw=False)
+    assert sol.status.tolist() == [1, 1, 0]  # y0 = 0.2 starts below c and never crosses
+    tstar = torch.log(y0.detach()[:2, 0] / c.detach()) / k.detach()
+    torch.testing.assert_close(sol.t[:2], tstar, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(sol.y[:2, 0], c.detach().expand(2), rtol=1e-10, atol=1e-10)
+    gy0, gk, gc = torch.autograd.grad(sol.t[:2].sum(), (y0, k, c), retain_graph=True)
+    kd, cd = k.detach(), c.detach()
+    torch.testing.assert_close(gy0[:2, 0], 1.0 / (kd * y0.detach()[:2, 0]))
+    torch.testing.assert_close(gk, (-tstar / kd).sum())
+    torch.testing.assert_close(gc, (-1.0 / (kd * cd)).expand(2).sum())
+    # the stopped state y(t*) = c for every parameter: its gradient is dc only
+    gy0, gk, gc = torch.autograd.grad(sol.y[:2].sum(), (y0, k, c), allow_unused=True)
+    torch.testing.assert_close(gy0[:2], torch.zeros(2, 1, dtype=D), rtol=0, atol=1e-9)
+    assert abs(gk.item()) < 1e-9 and gc.item() == pytest.approx(2.0, abs=1e-9)
+
+
+def test_gradcheck_event_time():
+    def run(y0, k, c):
+        sol = ode.solve(lambda t, y: -k * y, y0, (0.0, 10.0),
+                        event=ode.Event(lambda t, y: c - y[:, 0]), rtol=1e-6, atol=1e-8,
+                        first_step=0.05)
+        return sol.t, sol.y
+
+    inputs = (torch.tensor([[1.0], [1.5]], dtype=D, requires_grad=True),
+              torch.tensor(0.9, dtype=D, requires_grad=True),
+              torch.tensor(0.4, dtype=D, requires_grad=True))
+    assert torch.autograd.gradcheck(run, inputs)
+
+
+def test_learned_boundary_parameters_against_finite_differences():
+    # fn depends on parameters that are not part of the state (a learned stopping boundary).
+    torch.manual_seed(0)
+    head = torch.nn.Linear(2, 1).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.5]]))
+        head.bias.fill_(-0.8)
+    A = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=D)
+    y0 = torch.tensor([[0.2, 0.0], [0.1, 0.1], [0.0, 0.3]], dtype=D)
+
+    def run():
+        ev = ode.Event(lambda t, y: head(y)[:, 0] + 0.5 * t, direction=1)
+        return ode.solve(lambda t, y: y @ A.T, y0, (0.0, 5.0), event=ev, rtol=1e-11,
+                         atol=1e-13)
+
+    sol = run()
+    assert (sol.status == 1).all()
+    grads = torch.autograd.grad(sol.t.sum(), (head.weight, head.bias))
+    eps = 1e-6
+    for p, gp in zip((head.weight, head.bias), grads):
+        flat = p.data.view(-1)
+        for i in range(flat.numel()):
+            old = flat[i].item()
+            flat[i] = old + eps
+            tp = run().t.sum().item()
+            flat[i] = old - eps
+            tm = run().t.sum().item()
+            flat[i] = old
+            assert gp.view(-1)[i].item() == pytest.approx((tp - tm) / (2 * eps), rel=1e-5)
+
+
+def test_matches_torchdiffeq_odeint_event():
+    # torchdiffeq's odeint_event (one sample at a time) as a peer: event time and gradient.
+    x0 = torch.tensor([3.0, 0.5], dtype=D, requires_grad=True)
+
+    def tfunc(t, y):
+        return torch.stack([y[1], -G * torch.ones_like(y[0])])
+
+    t_ev, _ = torchdiffeq.odeint_event(tfunc, x0, torch.tensor(0.0, dtype=D),
+                                       event_fn=lambda t, y: y[0], rtol=1e-10, atol=1e-12)
+    g_ref, = torch.autograd.grad(t_ev, x0)
+    y0 = x0.detach()[None].clone().requires_grad_()
+    sol = ode.solve(ball, y0, (0.0, 10.0), event=ode.Event(ground), rtol=1e-10, atol=1e-12)
+    g, = torch.autograd.grad(sol.t.sum(), y0)
+    assert sol.t.item() == pytest.approx(t_ev.item(), abs=1e-8)
+    torch.testing.assert_close(g[0], g_ref, rtol=1e-6, atol=1e-8)
+
+
+def test_direction_and_zero_at_start():
+    y0 = torch.tensor([[1.0], [0.5]], dtype=D)
+    f = lambda t, y: -y  # noqa: E731
+    # y - 0.5 decreases through zero for sample 0; sample 1 starts exactly at zero.
+    up = ode.solve(f, y0, (0.0, 3.0), event=ode.Event(lambda t, y: y[:, 0] - 0.5, direction=1))
+    assert up.status.tolist() == [0, 0]
+    down = ode.solve(f, y0, (0.0, 3.0), event=ode.Event(lambda t, y: y[:, 0] - 0.5,
+                                                        direction=-1))
+    assert down.status.tolist() == [1, 0]  # zero at t0 does not fire
+    assert down.t[0].item() == pytest.approx(math.log(2.0), abs=1e-6)
+    either = ode.solve(f, y0, (0.0, 3.0), event=lambda t, y: y[:, 0] - 0.5)  # bare callable
+    assert either.status.tolist() == [1, 0]
+
+
+def test_non_terminal_event_records_first_crossing_and_continues():
+    # Oscillator y = cos t crosses zero at pi/2, 3pi/2, ...; record the first, keep going.
+    y0 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=D)
+    f = lambda t, y: torch.stack([y[:, 1], -y[:, 0]], 1)  # noqa: E731
+    ev = ode.Event(lambda t, y: y[:, 0], terminal=False)
+    sol = ode.solve(f, y0, (0.0, 7.0), event=ev, rtol=1e-10, atol=1e-12)
+    assert sol.status.tolist() == [0, 0]
+    torch.testing.assert_close(sol.t_event, torch.tensor([math.pi / 2, math.pi], dtype=D))
+    torch.testing.assert_close(sol.y[:, 0], torch.tensor([math.cos(7.0), math.sin(7.0)],
+                                                         dtype=D))
+
+
+def test_event_with_t_eval_reverse_time_and_args():
+    # Backwards in time y' = -k y grows: event y = c with c per sample via args.
+    k = torch.tensor([1.0, 2.0], dtype=D)
+    c = torch.tensor([2.0, 100.0], dtype=D)
+    y0 = torch.ones(2, 1, dtype=D)
+    te = torch.linspace(0.0, -1.0, 11, dtype=D)
+    ev = ode.Event(lambda t, y, a: y[:, 0] - a[1])
+    sol = ode.solve(lambda t, y, a: -a[0][:, None] * y, y0, (0.0, -1.0), event=ev, t_eval=te,
+                    args=(k, c), rtol=1e-10, atol=1e-12)
+    # sample 0: e^{-t} = 2 at t* = -ln 2; sample 1 never reaches 100 (e^2 = 7.39)
+    assert sol.status.tolist() == [1, 0]
+    assert sol.t[0].item() == pytest.approx(-math.log(2.0), abs=1e-9)
+    before = te >= -math.log(2.0)
+    torch.testing.assert_close(sol.ys[0, before, 0], torch.exp(-te[before]), rtol=1e-8,
+                               atol=1e-8)
+    assert torch.isnan(sol.ys[0, ~before]).all()
+    torch.testing.assert_close(sol.ys[1, :, 0], torch.exp(-2.0 * te), rtol=1e-8, atol=1e-8)
+
+
+def test_event_samples_leave_the_active_set():
+    sizes = []
+    x0 = torch.tensor([1.0, 4.0, 9.0, 16.0], dtype=D)
+
+    def f(t, y):
+        sizes.append(y.shape[0])
+        return ball(t, y)
+
+    y0 = torch.stack([x0, torch.zeros_like(x0)], 1)
+    sol = ode.solve(f, y0, (0.0, 100.0), event=ode.Event(ground))
+    torch.testing.assert_close(sol.t, torch.sqrt(2 * x0 / G), rtol=1e-7, atol=1e-7)
+    assert sizes[-1] < 4 and sum(sizes) == int(sol.stats["nfe"].sum())
