@@ -333,6 +333,8 @@ def test_bad_inputs():
         st.longstaff_schwartz(x, torch.where(r > 0, r, torch.nan))
     with pytest.raises(ValueError, match="NaN"):
         st.longstaff_schwartz(torch.where(x > 0, x, torch.nan), r)
+    with pytest.raises(ValueError, match="infinite"):
+        st.longstaff_schwartz(x, torch.where(r > 0, r, -torch.inf))
     with pytest.raises(ValueError, match="n_times"):
         st.longstaff_schwartz(torch.zeros(5, 0, 1), torch.zeros(5, 0))
     with pytest.raises(ValueError, match="n_paths"):

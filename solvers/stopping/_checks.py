@@ -60,8 +60,8 @@ def check_paths(features, rewards, who: str, allow_neg_inf: bool = False):
                          f"features {tuple(features.shape)}, got {tuple(rewards.shape)}")
     if torch.isnan(rewards).any():
         raise ValueError(f"{who}: rewards contain NaN")
-    bad = torch.isposinf(rewards) | (torch.isneginf(rewards) if not allow_neg_inf else False)
-    if bool(torch.as_tensor(bad).any()):
+    bad = torch.isposinf(rewards) if allow_neg_inf else torch.isinf(rewards)
+    if bool(bad.any()):
         raise ValueError(f"{who}: rewards contain infinite values")
     return features, rewards
 

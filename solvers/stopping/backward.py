@@ -129,7 +129,7 @@ def backward_induction(transition, rewards, initial=None) -> BackwardInductionRe
                                  f"got {tuple(P.shape)}")
             Pd = P.to_dense() if P.is_sparse else P
             if not torch.isfinite(Pd).all() or (Pd < 0).any() or not torch.allclose(
-                    Pd.sum(1).double(), torch.ones(Pd.shape[0], dtype=torch.float64),
+                    Pd.sum(1).double(), torch.ones(Pd.shape[0], dtype=torch.float64, device=Pd.device),
                     atol=1e-9):
                 raise ValueError(f"{who}: transition[{i}] rows must be probability "
                                  "distributions (non-negative, summing to 1)")

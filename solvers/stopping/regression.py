@@ -207,9 +207,10 @@ def longstaff_schwartz(features: Tensor, rewards: Tensor | None = None, *,
     n, T, k = features.shape
     dev = features.device
     r64 = rewards.to(torch.float64)
-    x64 = features.to(torch.float64)
-    shift = x64.mean(dim=0)                                  # (T, k)
-    scale = x64.std(dim=0, unbiased=False)
+    # per-time standardisation, in float64 one time slice at a time (no float64 copy of all paths)
+    shift = torch.stack([features[:, t].to(torch.float64).mean(dim=0) for t in range(T)])
+    scale = torch.stack([features[:, t].to(torch.float64).std(dim=0, unbiased=False)
+                         for t in range(T)])
     scale = torch.where(scale > 1e-12 * (1 + shift.abs()), scale, torch.ones_like(scale))
     policy = RegressionPolicy(torch.zeros(0), basis, shift, scale, itm, k)
     coef = []
@@ -218,7 +219,7 @@ def longstaff_schwartz(features: Tensor, rewards: Tensor | None = None, *,
     value_next = cash.clone()      # estimated value at t + 1 (Tsitsiklis--Van Roy target)
     value_reg = float(cash.mean())
     for t in range(T - 2, -1, -1):
-        X = policy._design(t, x64[:, t])
+        X = policy._design(t, features[:, t])
         y = cash if target == "cashflow" else value_next
         mask = _itm_mask(itm, features[:, t], r64[:, t])
         Y = torch.stack([y, r64[:, t]], dim=1)
