@@ -336,27 +336,48 @@ def to_continuous(blocks: Sequence[nn.Module] | ResidualNetwork, *, scale: float
 
 # ------------------------------------------------------------------------------ convergence
 def solve_reference(fld: Callable, h0: Tensor, t0: float = 0.0, t1: float = 1.0,
-                    rtol: float = 1e-12, atol: float = 1e-12) -> Tensor:
-    """h(t1) for dh/dt = f(t, h) by scipy's DOP853 at tight tolerances (float64, whole batch as one
-    system; the field is per-sample so this equals solving each sample alone).
+                    rtol: float = 1e-12, atol: float = 1e-12, backend: str = "auto") -> Tensor:
+    """h(t1) for dh/dt = f(t, h) at tight tolerances (float64 when the field is).
 
-    **Returns:** a tensor like `h0` (float64).
+    **Arguments:**
+
+    - `fld`, `h0` `(batch, ...)`, `t0`, `t1`, `rtol`, `atol`.
+    - `backend`: `"solvers"` (this package's batched Dopri8, :func:`solvers.ode.solve`),
+      `"scipy"` (`solve_ivp`, DOP853, the whole batch as one system: the field is per-sample so
+      this equals solving each sample alone), or `"auto"` (solvers, else scipy).
+
+    **Returns:** a tensor like `h0`.
     """
+    if backend not in ("auto", "solvers", "scipy"):
+        raise ValueError(f"solve_reference: backend must be 'auto', 'solvers' or 'scipy', got "
+                         f"{backend!r}")
+    dtype = _field_dtype(fld, h0)
+    h0 = h0.detach().to(dtype)
+    if backend in ("auto", "solvers"):
+        try:
+            from solvers.ode import solve
+        except ImportError:
+            if backend == "solvers":
+                raise
+        else:
+            with torch.no_grad():
+                sol = solve(fld, h0, (t0, t1), method="dopri8", rtol=rtol, atol=atol,
+                            max_steps=100_000)
+            return sol.y.detach()
     from scipy.integrate import solve_ivp
 
     shape = h0.shape
-    dtype = _field_dtype(fld, h0)
 
     def rhs(t, y):
         with torch.no_grad():
             h = torch.from_numpy(y).to(dtype).reshape(shape)
             return fld(torch.tensor(t, dtype=dtype), h).double().reshape(-1).numpy()
 
-    sol = solve_ivp(rhs, (t0, t1), h0.detach().double().reshape(-1).cpu().numpy(),
+    sol = solve_ivp(rhs, (t0, t1), h0.double().reshape(-1).cpu().numpy(),
                     method="DOP853", rtol=rtol, atol=atol)
     if sol.status != 0:
         raise RuntimeError(f"solve_reference: DOP853 failed: {sol.message}")
-    return torch.from_numpy(sol.y[:, -1]).reshape(shape)
+    return torch.from_numpy(sol.y[:, -1]).reshape(shape).to(dtype)
 
 
 def _field_dtype(fld, h0):
@@ -392,7 +413,8 @@ def convergence_study(fld: Callable, h0: Tensor, Ls: Sequence[int],
     - `Ls`: increasing block counts (at least two).
     - `schemes`: which block types to build.
     - `t0`, `t1`: depth interval.
-    - `reference`: h(t1) if already known, else :func:`solve_reference` (DOP853, tol 1e-12).
+    - `reference`: h(t1) if already known, else :func:`solve_reference` (Dopri8 of
+      :mod:`solvers.ode`, or scipy's DOP853, tolerances 1e-12).
 
     **Returns:** a :class:`ConvergenceResult`; the order is ~1 for Euler, ~2 for midpoint/Heun.
     """

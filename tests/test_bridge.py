@@ -44,9 +44,10 @@ def test_blocks_equal_torchdiffeq_fixed_grid(scheme, method):
         torch.testing.assert_close(net(h0), peer, rtol=1e-12, atol=1e-12)
 
 
-def test_reference_matches_torchdiffeq_dopri8():
+def test_reference_matches_torchdiffeq_dopri8_and_scipy():
     f, h0 = _field(), _h0()
     ref = solve_reference(f, h0)
+    torch.testing.assert_close(ref, solve_reference(f, h0, backend="scipy"), rtol=1e-9, atol=1e-9)
     with torch.no_grad():
         peer = odeint(f, h0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="dopri8",
                       rtol=1e-12, atol=1e-12)[-1]
@@ -164,6 +165,8 @@ def test_bad_input():
         to_continuous([nn.Linear(2, 2), nn.Linear(2, 3)])
     with pytest.raises(ValueError, match="Euler"):
         to_continuous(to_discrete(f, 3, "midpoint"))
+    with pytest.raises(ValueError, match="backend"):
+        solve_reference(f, _h0(), backend="rk45")
     with pytest.raises(ValueError, match="needs 2"):
         ResidualBlock([nn.Identity()], 0.1, "heun")
     with pytest.raises(ValueError, match="dt"):
