@@ -328,15 +328,6 @@ def _integrate(p, dense_output, compact):
     n_ext = tab.n_ext
     D = math.prod(p.state_shape)
     red_dims = tuple(range(1, 1 + len(p.state_shape)))
-    # Fast path (no autograd graph to build): h-scaled stages in a preallocated buffer.
-    # With autograd on, stages stay separate tensors so that nothing is modified in place.
-    fast = not grad_on and dtype in (torch.float32, torch.float64)
-    if fast:
-        Kbuf = torch.empty(n_ext, B * D, dtype=dtype, device=device)
-        A_t = [None] + [torch.tensor([A[i]], dtype=dtype, device=device) for i in range(1, s)]
-        B_t = torch.tensor([Bw], dtype=dtype, device=device)
-        E_t = torch.tensor([Berr], dtype=dtype, device=device) if Berr is not None else None
-        kview_n, K, Kv = -1, None, None
     sqrt_d = math.sqrt(D)
     rtol_n = rtol * sqrt_d
     atol_n = atol * sqrt_d
@@ -385,6 +376,22 @@ def _integrate(p, dense_output, compact):
     if k1.dtype != dtype:
         raise TypeError(f"f returned dtype {k1.dtype} but y0 has dtype {dtype}")
     nfe_init = 1
+
+    # Fast path when no autograd graph is being built (grad mode off, or nothing that f, the
+    # event or the inputs touch requires grad): h-scaled stages live in one preallocated
+    # buffer and each stage input is a single addmm. Otherwise stages stay separate tensors
+    # so that nothing the backward pass needs is modified in place.
+    graph = grad_on and (y.requires_grad or k1.requires_grad
+                         or any(a.requires_grad for a in argsa))
+    if ev is not None and grad_on and not graph:
+        graph = _event_needs_grad(gcall, t, y, argsa)
+    fast = not graph and dtype in (torch.float32, torch.float64)
+    if fast:
+        Kbuf = torch.empty(n_ext, B * D, dtype=dtype, device=device)
+        A_t = [None] + [torch.tensor([A[i]], dtype=dtype, device=device) for i in range(1, s)]
+        B_t = torch.tensor([Bw], dtype=dtype, device=device)
+        E_t = torch.tensor([Berr], dtype=dtype, device=device) if Berr is not None else None
+        kview_n, K, Kv = -1, None, None
 
     if adaptive:
         if p.first_step is not None:
@@ -687,6 +694,11 @@ def _integrate(p, dense_output, compact):
                                 p.y0[:0, None].expand(0, 1, *p.state_shape),
                                 direction=p.direction, t0=p.t0)
     return Solution(t_out, y_out, status, stats, ts=ts, ys=ys, t_event=t_event, dense=dense)
+
+
+def _event_needs_grad(gcall, t, y, argsa):
+    """Whether the event function's value depends on something that requires grad."""
+    return bool(gcall(t, y, argsa).requires_grad)
 
 
 def _first_occurrence(idx, B):
