@@ -102,6 +102,16 @@ def test_gated_calibrated_and_vit_and_mlp_early_exit():
         full, traj = model(x)
     assert torch.equal(ia, ib) and torch.equal(ia, rule.stop_index(traj))
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # A skip configuration: exits only at executed blocks, the last one is the model's head.
+    model.configure("FTFT")
+    with torch.no_grad():
+        a, ia = early_exit(model, x, rule)
+        b, ib = _alone(model, x, rule)
+        full, traj = model(x)
+    assert model.exit_depths() == [1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15]
+    torch.testing.assert_close(traj.outputs[:, -1], full)
+    assert torch.equal(ia, ib) and torch.equal(ia, rule.stop_index(traj))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.manual_seed(0)
     vit = create_model("vit_tiny", img_size=32, embed_dim=32, num_heads=2, depth=4, gate_groups=2,
                        num_classes=5, exits="shared", gated=True).eval()
