@@ -313,7 +313,7 @@ class GatedDepthObjective:
     - `loss_fn`: `(logits, target) -> scalar` for the stochastic steps.
 
     Call `objective(x, y)` -> `(loss, info)`; `info` has `"kind"` (`"gated"`/`"distill"`) and
-    `"gates"`. Call :meth:`set_epoch` at each epoch for annealed schedules.
+    `"gates"`; the model is left in its full configuration afterwards. Call :meth:`set_epoch` at each epoch for annealed schedules.
     """
 
     def __init__(self, model: nn.Module, schedule: GateSchedule | Sequence[float] | Tensor | None
@@ -362,9 +362,15 @@ class GatedDepthObjective:
             _set_gates(self.model, torch.zeros(S, dtype=torch.bool))
             student = _logits(self.model(x))
             loss = self_distillation_loss(student, teacher, target, self.alpha, self.T)
-            return loss, {"kind": "distill", "gates": torch.zeros(S, dtype=torch.bool)}
-        b = sample_gates(self.probs(), self.generator, sync=self.sync)
-        return gated_depth_loss(self.model, x, target, b, self.loss_fn), {"kind": "gated", "gates": b}
+            info = {"kind": "distill", "gates": torch.zeros(S, dtype=torch.bool)}
+        else:
+            b = sample_gates(self.probs(), self.generator, sync=self.sync)
+            loss = gated_depth_loss(self.model, x, target, b, self.loss_fn)
+            info = {"kind": "gated", "gates": b}
+        # The graph is built: leave the model in its full configuration, so that code running
+        # after a step (evaluation, checkpoints) does not inherit a random sub-network.
+        _set_gates(self.model, torch.ones(S, dtype=torch.bool))
+        return loss, info
 
 
 def adn_step(model: nn.Module, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
