@@ -214,8 +214,9 @@ class _BacksolveFunction(torch.autograd.Function):
     def backward(ctx, grad_y, *grad_ys):
         spec = ctx.spec
         params = spec.opts["params"]
+        # ctx.spec is kept (not released) so that backward can run twice with retain_graph
+        # (gradcheck does).
         grad_y0, grad_params = _backsolve(spec, grad_y, grad_ys[0] if grad_ys else None)
-        ctx.spec = None  # release the forward solution
         return (None, grad_y0, *[g.to(p.dtype) for g, p in zip(grad_params, params)])
 
 

@@ -129,6 +129,7 @@ def _our_method(name):
 
 
 def _flatten(y0):
+    """`y0` (tensor or tuple of tensors) -> `(1, N)` and the shapes to undo it (None: tensor)."""
     if isinstance(y0, Tensor):
         return y0.reshape(1, -1), None
     if isinstance(y0, tuple) and y0 and all(isinstance(y, Tensor) for y in y0):
@@ -139,10 +140,10 @@ def _flatten(y0):
     raise TypeError(f"odeint: y0 must be a tensor or a tuple of tensors, got {type(y0).__name__}")
 
 
-def _unflatten(z, shapes, lead=()):
-    """`z` (*lead, N) -> tensor (*lead, *shape) or tuple of such."""
+def _unflatten(z, shapes, shape, lead=()):
+    """`z` (*lead, N) -> tensor (*lead, *shape), or a tuple of such for a tuple state."""
     if shapes is None:
-        return z
+        return z.reshape(*lead, *shape)
     out, offset = [], 0
     for s in shapes:
         n = math.prod(s)
@@ -184,12 +185,13 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, adjoint_options)
                              f"{sorted(_OPTION_MAP)}")
         kwargs[_OPTION_MAP[key]] = value
     z0, shapes = _flatten(y0)
+    shape = y0.shape if shapes is None else None
     t = _check_grid(t).to(device=z0.device)
     n = t.numel()
 
     def f(tt, z):
         # One sample: tt is (1,), hand func the 0-dim time torchdiffeq code expects.
-        out = func(tt[0], _unflatten(z[0], shapes))
+        out = func(tt[0], _unflatten(z[0], shapes, shape))
         flat, _ = _flatten(out)
         return flat.to(z.dtype)
 
@@ -210,7 +212,7 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, adjoint_options)
     else:
         sol = solve(f, z0, (float(t[0]), float(t[-1])), t_eval=t_eval, **common, **kwargs)
         ys = sol.ys[0]
-    return _unflatten(ys, shapes, lead=(n,)) if shapes is not None else ys.reshape(n, *y0.shape)
+    return _unflatten(ys, shapes, shape, lead=(n,))
 
 
 # ----------------------------------------------------------------------------------------------
