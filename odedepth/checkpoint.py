@@ -74,9 +74,12 @@ def load(path: str | os.PathLike, map_location="cpu", weights_only: bool = True)
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as exc:  # torch raises RuntimeError, pickle/EOF/zip errors, ... by format
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        hint = (" (it holds objects that weights_only=True refuses; pass weights_only=False "
+                "only for files you trust)") if "weights_only" in str(exc) else ""
         raise CheckpointError(
-            f"checkpoint.load: {path!r} is corrupt or not a torch checkpoint "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"checkpoint.load: {path!r} is corrupt or not a torch checkpoint{hint} "
+            f"({type(exc).__name__}: {first})"
         ) from exc
 
 

@@ -51,3 +51,26 @@ def test_save_model_roundtrip(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(again(x)[0], model(x)[0], rtol=0, atol=0)
+
+
+class _Opaque:
+    """A class torch.load(weights_only=True) refuses to unpickle."""
+
+    def __init__(self):
+        self.x = 1
+
+
+def test_unsafe_pickles_are_refused_clearly(tmp_path):
+    path = tmp_path / "obj.pt"
+    checkpoint.save({"obj": _Opaque()}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="weights_only"):
+        checkpoint.load(path)
+    assert checkpoint.load(path, weights_only=False)["obj"].x == 1
+    with pytest.raises(ValueError, match="no .config"):
+        checkpoint.save_model(torch.nn.Linear(2, 2), tmp_path / "lin.pt")
+    checkpoint.save({"state_dict": {}}, tmp_path / "nocfg.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="save_model"):
+        checkpoint.load_model(tmp_path / "nocfg.pt")
+    with pytest.raises(FileNotFoundError, match="directory"):
+        checkpoint.save({}, tmp_path / "missing_dir" / "x.pt")
+

@@ -338,3 +338,13 @@ def test_cost_trajectory_uses_multiply_adds_as_depths():
     assert float(steps[1]) == float(steps[2]) == 8 * 8 * (16 * 4 + 4 * 4 * 9 + 4 * 16)
     with pytest.raises(ValueError, match="kind"):
         model.forward_trajectory(x, kind="time")
+
+
+def test_trajectory_dtypes_under_bfloat16_autocast():
+    model = create_model("resnet50", exits="shared", **SMALL).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, traj = model.forward_trajectory(x, kind="cost")
+    assert logits.dtype == torch.bfloat16
+    assert traj.cost.dtype == torch.float32
+    assert float(traj.cost[-1]) == float(model.exit_costs(x.shape)[-1])

@@ -312,10 +312,13 @@ class DepthNet(nn.Module):
 
         self._run(x, visit)
         logits = outs[-1]
+        # At least float32: under autocast the logits may be float16, where a multiply-add
+        # count of a few G overflows.
+        dtype = torch.promote_types(logits.dtype, torch.float32)
         cost = torch.tensor(self.exit_costs(x.shape), dtype=torch.float64, device=logits.device)
-        cost = cost.to(logits.dtype)
+        cost = cost.to(dtype)
         depths = cost if kind == "cost" else torch.tensor(
-            self.exit_depths(), dtype=logits.dtype, device=logits.device)
+            self.exit_depths(), dtype=dtype, device=logits.device)
         traj = DepthTrajectory(depths=depths, outputs=torch.stack(outs, dim=1), cost=cost,
                                kind=kind)
         return logits, traj
