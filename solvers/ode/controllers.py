@@ -42,11 +42,10 @@ class IController:
 
     def factor(self, ratio, accept, state, error_order: int):
         """Step-size factor per sample, and the new controller state."""
-        # ratio == 0 gives inf ** negative = inf before the clip, which is what we want (max growth).
-        fac = self.safety * ratio.pow(-1.0 / (error_order + 1))
-        fac = fac.clamp(self.factor_min, self.factor_max)
-        fac = torch.where(accept, fac, fac.clamp(max=1.0))
-        return fac, state
+        # ratio == 0 gives inf before the clip, which is what we want (max growth). A rejected
+        # step has ratio > 1, so its factor is already below safety < 1: no extra cap needed.
+        fac = ratio.pow(-1.0 / (error_order + 1)).mul_(self.safety)
+        return fac.clamp_(self.factor_min, self.factor_max), state
 
 
 class PIController(IController):

@@ -126,7 +126,9 @@ def _as_time(x, name, batch, dtype, device):
                              f"shape {tuple(x.shape)}")
         x = x.detach().to(dtype)
     elif isinstance(x, numbers.Real):
-        x = torch.full((batch,), float(x), dtype=dtype, device=device)
+        if not math.isfinite(x):
+            raise ValueError(f"{name} must be finite, got {x}")
+        return torch.full((batch,), float(x), dtype=dtype, device=device)
     else:
         raise TypeError(f"{name} must be a float or a tensor, got {type(x).__name__}")
     if not bool(torch.isfinite(x).all()):
@@ -175,7 +177,10 @@ def _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, f
     if y0.shape[0] == 0:
         raise ValueError("y0 has an empty batch")
     p.batch, p.state_shape, p.dtype, p.device = y0.shape[0], y0.shape[1:], y0.dtype, y0.device
-    if y0.device.type != "meta" and not bool(torch.isfinite(y0).all()):
+    # One reduction as the fast check (a non-finite entry makes the sum non-finite); the
+    # sum can also overflow for huge finite values, hence the exact check behind it.
+    if (y0.device.type != "meta" and not math.isfinite(float(y0.detach().sum()))
+            and not bool(torch.isfinite(y0).all())):
         bad = (~torch.isfinite(y0)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"y0 is not finite for samples {bad[:10]}")
     p.f, p.y0 = f, y0
