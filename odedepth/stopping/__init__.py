@@ -4,3 +4,8 @@ from .base import Entropy, FixedDepth, MaxProbability, Patience, StoppingRule, f
 
 __all__ = ["StoppingRule", "FixedDepth", "MaxProbability", "Entropy", "Patience",
            "first_true_or_last"]
+from .event_boundary import EventBoundaryRule  # noqa: E402
+from .free_boundary import FreeBoundaryRule  # noqa: E402
+from .hazard import HazardRule, RuleFeatures  # noqa: E402
+
+__all__ += ["RuleFeatures", "HazardRule", "FreeBoundaryRule", "EventBoundaryRule"]
