@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from odedepth.models import create_model, resolve_branch_scale
 
@@ -128,3 +130,33 @@ def test_drop_path_is_identity_in_eval_and_unbiased_in_training():
     h1 = x[0] @ (eye + A0).T
     sd = (A1 @ h1).abs() / math.sqrt(20000)  # Bernoulli(0.5)/0.5 has unit std
     assert ((mean - exact[0]).abs() <= 5 * sd + 1e-12).all()
+
+
+@given(layers=st.lists(st.integers(1, 4), min_size=1, max_size=4), data=st.data())
+def test_any_configuration_is_the_product_of_its_executed_blocks(layers, data):
+    """Eval-mode gated linear stack, any stage sizes and T/F string: the output is the ordered
+    product of (I + A_k) over exactly the executed blocks (calibrated when all are on)."""
+    config = data.draw(st.text(alphabet="TF", min_size=len(layers), max_size=len(layers)))
+    torch.manual_seed(len(layers) * 10 + sum(layers))
+    d = 3
+    model = create_model("resmlp", dim=d, layers=layers, gated=True, **LINEAR).double().eval()
+    model.configure(config)
+    eye = torch.eye(d, dtype=torch.float64)
+    prod = eye.clone()
+    mats = iter(_matrices(model))
+    all_on = "T" not in config
+    for s, n in enumerate(layers):
+        n_m = min(n - 1, math.ceil(n / 2))
+        hb_prod = None
+        for j in range(n):
+            A = next(mats)
+            if j >= n_m and config[s] == "T":
+                continue
+            if all_on and j == n_m:
+                hb_prod = prod.clone()
+            prod = (eye + A) @ prod
+        if hb_prod is not None:
+            p = float(model.gate_probs[s])
+            prod = hb_prod + p * (prod - hb_prod)
+    x = torch.randn(2, d, dtype=torch.float64)
+    torch.testing.assert_close(model(x), x @ prod.T, rtol=1e-10, atol=1e-10)
