@@ -13,12 +13,7 @@ from problems import CLOSED_FORMS
 
 from solvers import ode
 
-# dopri8 takes steps so long that a cubic Hermite interpolant at t_eval cannot keep up with the
-# tolerance (errors up to 1e-2 relative at rtol 1e-10 on `linear`, reported to the core owner in
-# /tmp/ode_bugs.md): its t_eval outputs are an expected failure until dopri8 gets its own dense
-# output, and its end values are checked separately below.
-DOPRI8_DENSE = pytest.mark.xfail(reason="dopri8 dense output is cubic Hermite", strict=False)
-ADAPTIVE = ["bosh3", "dopri5", "tsit5", pytest.param("dopri8", marks=DOPRI8_DENSE)]
+ADAPTIVE = ["bosh3", "dopri5", "tsit5", "dopri8"]
 N_EVAL = 8
 
 
@@ -79,7 +74,7 @@ def test_closed_form_rk4_fixed_step(name, reverse):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("name", list(CLOSED_FORMS))
-def test_closed_form_dopri8_end_value(name, reverse, dtype):
+def test_closed_form_dopri8_end_value_without_t_eval(name, reverse, dtype):
     prob = CLOSED_FORMS[name]
     t0, t1 = (prob.t1, prob.t0) if reverse else (prob.t0, prob.t1)
     y0 = torch.as_tensor(prob.exact(t0), dtype=dtype)[None]
