@@ -8,6 +8,7 @@ import torch
 
 from odedepth import checkpoint
 from odedepth.models import adn_split, create_model, list_models, load_torchvision_state_dict
+from odedepth.models.resnet import _pooled_projection
 from odedepth.trajectory import DepthTrajectory
 
 SMALL = dict(channels=(4, 8, 8, 16), num_classes=5)
@@ -348,3 +349,28 @@ def test_trajectory_dtypes_under_bfloat16_autocast():
     assert logits.dtype == torch.bfloat16
     assert traj.cost.dtype == torch.float32
     assert float(traj.cost[-1]) == float(model.exit_costs(x.shape)[-1])
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_pooled_shared_exit_equals_projecting_the_feature_map(norm):
+    # In eval mode without autograd the shared exit pools first and projects the pooled vector
+    # (1x1 strided convolutions + eval BN are per-pixel affine maps); compare with the direct
+    # composition "downsample modules, then avgpool + fc" on odd spatial sizes.
+    torch.manual_seed(0)
+    model = create_model("resnet50", exits="shared", norm=norm, **SMALL)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 37, 45))  # running statistics away from (0, 1)
+    model.eval()
+    h = torch.rand(3, 16, 19, 23)
+    for stage in (-1, 0, 1, 2):
+        c = model._stage_out[stage] if stage >= 0 else 4
+        hh = h[:, :c] if c <= 16 else torch.rand(3, c, 9, 11)
+        direct = hh
+        for ds in model._later_projections(stage):
+            direct = ds(direct)
+        direct = model.fc(direct.mean(dim=(2, 3)))
+        with torch.no_grad():
+            fast = model._shared_exit(hh, stage)
+            assert _pooled_projection(hh, model._later_projections(stage)) is not None
+        torch.testing.assert_close(fast, direct.detach(), rtol=1e-5, atol=1e-5)

@@ -13,6 +13,8 @@ on the 3x3 convolution, Goyal et al. 2017).
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DepthNet
@@ -315,11 +317,19 @@ class ResNet(DepthNet):
     def _forward_head(self, h: Tensor) -> Tensor:
         return self.fc(self.avgpool(h).flatten(1))
 
+    def _later_projections(self, stage: int) -> list[nn.Module]:
+        return [blocks[0].downsample for blocks in self.stage_blocks()[stage + 1:]
+                if blocks and blocks[0].downsample is not None]
+
     def _shared_exit(self, h: Tensor, stage: int) -> Tensor:
         # Stage-cost readout (Püttschneider et al.): later non-trivial skips, then the head.
-        for blocks in self.stage_blocks()[stage + 1:]:
-            if blocks and blocks[0].downsample is not None:
-                h = blocks[0].downsample(h)
+        projections = self._later_projections(stage)
+        if not self.training and not torch.is_grad_enabled():
+            fast = _pooled_projection(h, projections)
+            if fast is not None:
+                return self.fc(fast)
+        for ds in projections:
+            h = ds(h)
         return self._forward_head(h)
 
     def _stem_macs(self, shape):
@@ -333,3 +343,37 @@ class ResNet(DepthNet):
 
     def _head_macs(self, shape) -> int:
         return self.fc.in_features * self.fc.out_features
+
+
+def _pooled_projection(h: Tensor, projections) -> Tensor | None:
+    """avgpool(P_S(...P_1(h))) for 1x1 strided projections with eval-mode BN, computed cheaply.
+
+    A 1x1 convolution with stride s followed by an eval-mode BatchNorm is a per-pixel affine map
+    applied to ``h[..., ::s, ::s]``; affine maps commute with averaging, so the pooled result is
+    the chain of affine maps applied to the mean of ``h[..., ::S, ::S]`` (S = product of the
+    strides). This turns the exits of early-exit inference from convolutions over full feature
+    maps into a few small matrix products. Returns None when a module does not fit the pattern.
+    """
+    stride, maps = 1, []
+    for ds in projections:
+        if not isinstance(ds, nn.Sequential) or len(ds) != 2:
+            return None
+        conv, bn = ds[0], ds[1]
+        if (not isinstance(conv, nn.Conv2d) or conv.kernel_size != (1, 1) or conv.padding != (0, 0)
+                or conv.groups != 1 or conv.dilation != (1, 1)
+                or conv.stride[0] != conv.stride[1]):
+            return None
+        if isinstance(bn, nn.BatchNorm2d):
+            if bn.training or bn.running_mean is None:
+                return None
+        elif not isinstance(bn, nn.Identity):
+            return None
+        stride *= conv.stride[0]
+        maps.append((conv, bn))
+    v = h[:, :, ::stride, ::stride].mean(dim=(2, 3))
+    for conv, bn in maps:
+        v = F.linear(v, conv.weight[:, :, 0, 0], conv.bias)
+        if isinstance(bn, nn.BatchNorm2d):
+            v = F.batch_norm(v, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
+                             bn.eps)
+    return v
