@@ -270,3 +270,22 @@ def test_nfe_counts_f_rows():
         assert int(sol.stats["nfe"][0]) == len(calls)
         assert np.all(sol.stats["n_rejected"].numpy() == sol.stats["n_steps"].numpy()
                       - sol.stats["n_accepted"].numpy())
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_sample_alone_is_bit_identical_to_sample_in_batch(grad):
+    # With an f built from +, * only (no BLAS, no SIMD transcendental), a sample's steps,
+    # outputs and event time are bit-identical alone and inside a batch of 33: the solver's
+    # own arithmetic has no batch-size-dependent rounding (step-size pow is lane-padded).
+    torch.manual_seed(0)
+    f = lambda t, y: y[:, [1, 2, 3, 4, 0]] * 0.7 - y * y * 0.1 + t[:, None] * 0.5  # noqa: E731
+    y0 = torch.randn(33, 5, dtype=torch.float64, requires_grad=grad)
+    te = torch.linspace(0, 2, 9, dtype=torch.float64)
+    ev = ode.Event(lambda t, y: y[:, 0] - 0.3)
+    with torch.set_grad_enabled(grad):
+        a = ode.solve(f, y0, (0.0, 2.0), t_eval=te, event=ev, throw=False)
+        for i in (0, 13, 31, 32):
+            b = ode.solve(f, y0[i:i + 1], (0.0, 2.0), t_eval=te, event=ev, throw=False)
+            assert torch.equal(a.t[i:i + 1], b.t) and torch.equal(a.y[i:i + 1], b.y)
+            assert torch.equal(a.ys[i:i + 1].nan_to_num(), b.ys.nan_to_num())
+            assert torch.equal(a.stats["n_steps"][i:i + 1], b.stats["n_steps"])

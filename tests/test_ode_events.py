@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 import torchdiffeq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from solvers import ode
 
@@ -208,3 +210,21 @@ def test_event_samples_leave_the_active_set():
     sol = ode.solve(f, y0, (0.0, 100.0), event=ode.Event(ground))
     torch.testing.assert_close(sol.t, torch.sqrt(2 * x0 / G), rtol=1e-7, atol=1e-7)
     assert sizes[-1] < 4 and sum(sizes) == int(sol.stats["nfe"].sum())
+
+
+@settings(max_examples=15, deadline=None)
+@given(x0=st.lists(st.floats(0.5, 50.0), min_size=1, max_size=6),
+       v0=st.floats(-5.0, 5.0), pick=st.integers(0, 5))
+def test_event_time_is_batch_independent(x0, v0, pick):
+    # A sample's event time and stopped state do not depend on the rest of the batch
+    # (compaction, other samples' events), and match the closed form of the free fall.
+    pick = pick % len(x0)
+    y0 = torch.tensor([[x, v0] for x in x0], dtype=D)
+    sol = ode.solve(ball, y0, (0.0, 100.0), event=ode.Event(ground, direction=-1))
+    alone = ode.solve(ball, y0[pick:pick + 1], (0.0, 100.0), event=ode.Event(ground,
+                                                                            direction=-1))
+    assert torch.equal(sol.t[pick:pick + 1], alone.t)
+    assert torch.equal(sol.y[pick:pick + 1], alone.y)
+    x = torch.tensor(x0, dtype=D)
+    exact = (v0 + torch.sqrt(v0 ** 2 + 2 * G * x)) / G
+    torch.testing.assert_close(sol.t, exact, rtol=1e-6, atol=1e-6)

@@ -15,6 +15,23 @@ import torch
 
 __all__ = ["IController", "PIController", "get_controller"]
 
+_LANES = 64
+
+
+def lane_pow(x: torch.Tensor, exponent: float) -> torch.Tensor:
+    """``x ** exponent`` whose rounding does not depend on the batch size.
+
+    CPU kernels evaluate ``pow`` with SIMD code on full vector chunks and with scalar libm
+    code on the remainder, and the two differ in the last bit. Padding the (per-sample)
+    vector to a multiple of 64 lanes sends every element through the SIMD code, so a sample
+    gets the same step sizes alone and inside any batch.
+    """
+    n = x.shape[0]
+    pad = (-n) % _LANES
+    if pad:
+        x = torch.cat([x, x.new_ones(pad)])
+    return x.pow(exponent)[:n]
+
 
 class IController:
     """Integral (elementary) controller: ``factor = safety * r^(-1/(q+1))``, clipped.
@@ -44,7 +61,7 @@ class IController:
         """Step-size factor per sample, and the new controller state."""
         # ratio == 0 gives inf before the clip, which is what we want (max growth). A rejected
         # step has ratio > 1, so its factor is already below safety < 1: no extra cap needed.
-        fac = ratio.pow(-1.0 / (error_order + 1)).mul_(self.safety)
+        fac = lane_pow(ratio, -1.0 / (error_order + 1)).mul_(self.safety)
         return fac.clamp_(self.factor_min, self.factor_max), state
 
 
@@ -75,7 +92,7 @@ class PIController(IController):
         k = error_order + 1
         # The previous ratio is floored so that a zero error does not blow up the product.
         prev = state.clamp(min=1e-4)
-        fac = self.safety * ratio.pow(-self.alpha / k) * prev.pow(self.beta / k)
+        fac = self.safety * lane_pow(ratio, -self.alpha / k) * lane_pow(prev, self.beta / k)
         fac = fac.clamp(self.factor_min, self.factor_max)
         fac = torch.where(accept, fac, fac.clamp(max=1.0))
         new_state = torch.where(accept, ratio, state)

@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from .controllers import get_controller
+from .controllers import get_controller, lane_pow
 from .event import Event, crossed, illinois
 from .methods import get_method
 from .solution import DenseOutput, Solution
@@ -330,6 +330,7 @@ def _integrate(p, dense_output, compact):
     rtol, atol = p.rtol, p.atol
     need_coef = dense_output or p.t_eval is not None or ev is not None
     W_t = method.interp_weights(dtype, device) if need_coef else None
+    W_list = method.tableau.interp_matrix().tolist() if need_coef else None
     n_ext = tab.n_ext
     D = math.prod(p.state_shape)
     red_dims = tuple(range(1, 1 + len(p.state_shape)))
@@ -414,7 +415,7 @@ def _integrate(p, dense_output, compact):
                 d2 = _rms((f1 - k1) / scale) / h0
                 dm = torch.maximum(d1, d2)
                 h1 = torch.where(dm <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
-                                 (0.01 / dm).pow(1.0 / (q + 1)))
+                                 lane_pow(0.01 / dm, 1.0 / (q + 1)))
                 hh = torch.minimum(100 * h0, h1)
                 # A non-finite f at t0 (NaN sample) must not poison h: start small, let the
                 # step-rejection logic shrink it to the failure floor.
@@ -558,8 +559,11 @@ def _integrate(p, dense_output, compact):
             """(n, degree, *state) interpolation coefficients of this step."""
             if not cache:
                 if fast:
-                    c = torch.mm(W_t, data[0]).view(W_t.shape[0], data[1], *p.state_shape)
-                    cache.append(c.movedim(0, 1))
+                    # Elementwise combinations, not a matmul: a GEMM's rounding depends on the
+                    # number of columns, i.e. on the batch, and results must not.
+                    kh = data[0].view(n_ext, data[1], *p.state_shape)
+                    rows = [_lincomb_grad(w, kh) for w in W_list]
+                    cache.append(torch.stack(rows, dim=1))
                 else:
                     cache.append(_interp_coef(W_t, *data))
             return cache[0]
