@@ -14,6 +14,7 @@ from torch import nn
 
 from odedepth.analysis import (
     ParetoPoint,
+    configuration_sweep,
     count_macs,
     count_parameters,
     early_exit_sweep,
@@ -304,3 +305,37 @@ def test_meta_fallback_for_value_reading_forward():
     assert m.training and int(m.bn.num_batches_tracked) == 0
     with pytest.raises(RuntimeError, match="meta"):
         count_macs(m, (4, 6), fallback=False)
+
+
+def test_early_exit_sweep_agrees_with_compacting_early_exit():
+    # One full trajectory + stop indices (the sweep) must give what really running the model
+    # with per-sample early exit gives (odedepth.models.early_exit, samples leave the batch).
+    models = pytest.importorskip("odedepth.models")
+    from odedepth.stopping import MaxProbability
+
+    torch.manual_seed(0)
+    m = models.create_model("resnet18", exits="per_block", num_classes=4, stem="cifar",
+                            channels=(4, 8, 8, 8)).eval()
+    x = torch.randn(32, 3, 8, 8)
+    with torch.no_grad():
+        _, traj = m(x)
+        y = traj.outputs[:, -1].argmax(1)  # labels = full-depth predictions
+        costs = m.exit_costs((3, 8, 8))
+        thresholds = [0.3, 0.4, 0.45, 0.5, 1.0]
+        pts = early_exit_sweep(traj, y, MaxProbability, thresholds, exit_costs=costs)
+        for th, p in zip(thresholds, pts):
+            logits, idx = models.early_exit(m, x, MaxProbability(th))
+            assert p.accuracy == pytest.approx((logits.argmax(1) == y).double().mean().item())
+            assert p.cost == pytest.approx(float(torch.tensor(costs, dtype=torch.float64)[idx].mean()))
+    assert pts[-1].accuracy == 1.0 and pts[-1].cost == costs[-1]
+
+
+def test_configuration_sweep_and_latency_mode_restored():
+    pts = configuration_sweep(["FF", "TF", "TT"], accuracy_fn={"FF": 0.9, "TF": 0.85, "TT": 0.9}.get,
+                              cost_fn={"FF": 4.0, "TF": 3.0, "TT": 2.0}.get)
+    assert [(p.label, p.cost, p.accuracy) for p in pts] == [("FF", 4.0, 0.9), ("TF", 3.0, 0.85),
+                                                             ("TT", 2.0, 0.9)]
+    assert [p.label for p in pareto_frontier(pts)] == ["TT"]
+    m = nn.Linear(3, 2)
+    latency_table(m, (3,), batch_sizes=(2,), warmup=0, repeats=1)
+    assert m.training
