@@ -98,16 +98,17 @@ def ul_factor(l: Tensor, d: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         a[0] = 0.0
         return neg_m, inv, a
     dd = torch.empty_like(d)
-    neg_m = torch.zeros_like(d)
+    neg_m = torch.empty_like(d)
+    neg_m[n - 1] = 0.0
     dd[n - 1] = d[n - 1]
-    for i in range(n - 2, -1, -1):
-        m = u[i] / dd[i + 1]
-        neg_m[i] = -m
-        dd[i] = d[i] - m * l[i + 1]
+    for i in range(n - 2, -1, -1):  # in place, no temporaries: large batches are memory bound
+        torch.div(u[i], dd[i + 1], out=neg_m[i])
+        neg_m[i].neg_()
+        torch.addcmul(d[i], neg_m[i], l[i + 1], out=dd[i])
     if not bool((dd != 0).all()):
         raise ZeroDivisionError("singular tridiagonal matrix (zero pivot)")
-    inv = 1.0 / dd
-    a = -l * inv
+    inv = dd.reciprocal_()
+    a = torch.mul(l, inv).neg_()
     a[0] = 0.0
     return neg_m, inv, a
 

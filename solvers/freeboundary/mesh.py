@@ -38,13 +38,6 @@ class SinhMesh:
             raise ValueError(f"SinhMesh intensity must be positive, got {self.intensity}")
 
 
-def _piecewise(u: Tensor, k: int, nx: int, lo_map, hi_map) -> Tensor:
-    frac = k / (nx - 1)
-    left = lo_map(1.0 - u[:, : k + 1] / frac)
-    right = hi_map((u[:, k + 1:] - frac) / (1.0 - frac))
-    return torch.cat([left, right], dim=1)
-
-
 def build_mesh(problem, nx: int, mesh, dtype=torch.float64, device=None) -> Tensor:
     """Nodes `(B, nx)` for `problem` (strictly increasing, ends at x_min and x_max).
 
@@ -98,11 +91,13 @@ def build_mesh(problem, nx: int, mesh, dtype=torch.float64, device=None) -> Tens
         if isinstance(mesh, UniformMesh):
             return (x0 + (x1 - x0) * u).contiguous()
         return (c + alpha * torch.sinh(A + (Bv - A) * u)).contiguous()
-    # One node on the centre: the node index is shared by the batch, so use the mean fraction;
-    # problems whose centre sits elsewhere get a (smooth, monotone) piecewise map anyway.
-    k = int(round(float(frac_c.mean()) * (nx - 1)))
-    k = min(max(k, 1), nx - 2)
-    x = _piecewise(u, k, nx, lo, hi)
+    # One node on the centre, per problem: k = nearest node index of the centre (rounded with a
+    # small bias so that equal problems get equal meshes whatever the batch around them).
+    k = torch.floor(frac_c * (nx - 1) + 0.5 + 1e-9).clamp(1, nx - 2)
+    frac = k / (nx - 1)
+    left = lo(torch.clamp(1.0 - u / frac, min=0.0))
+    right = hi(torch.clamp((u - frac) / (1.0 - frac), min=0.0))
+    x = torch.where(u <= frac, left, right)
     x[:, 0:1], x[:, -1:] = x0, x1
     if not bool((x[:, 1:] > x[:, :-1]).all()):
         raise ValueError("could not build a monotone mesh (is the centre inside the domain?)")

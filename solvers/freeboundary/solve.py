@@ -250,17 +250,19 @@ class _Operator:
         s = hm + hp
         l_c = (2 * a - mu * hp) / (hm * s)
         u_c = (2 * a + mu * hm) / (hp * s)
-        d_c = -2 * a / (hm * hp) + mu * (hp - hm) / (hm * hp)
-        mp, mn = mu.clamp(min=0), mu.clamp(max=0)
-        l_u = 2 * a / (hm * s) - mn / hm
-        u_u = 2 * a / (hp * s) + mp / hp
-        d_u = -2 * a / (hm * hp) - mp / hp + mn / hm
+        d_c = -2 * a / (hm * hp) + mu * (hp - hm) / (hm * hp) - r
         up = (l_c < 0) | (u_c < 0)
         self.upwind_nodes = int(up.sum())
+        if self.upwind_nodes:
+            mp, mn = mu.clamp(min=0), mu.clamp(max=0)
+            l_u = 2 * a / (hm * s) - mn / hm
+            u_u = 2 * a / (hp * s) + mp / hp
+            d_u = -2 * a / (hm * hp) - mp / hp + mn / hm - r
+            l_c = torch.where(up, l_u, l_c)
+            u_c = torch.where(up, u_u, u_c)
+            d_c = torch.where(up, d_u, d_c)
         # Node-major and contiguous: the sweeps read rows, and mixed layouts are slow.
-        self.l = torch.where(up, l_u, l_c).contiguous()
-        self.u = torch.where(up, u_u, u_c).contiguous()
-        self.d = (torch.where(up, d_u, d_c) - r).contiguous()
+        self.l, self.u, self.d = l_c.contiguous(), u_c.contiguous(), d_c.contiguous()
         self.f = self.f.contiguous()
         self.lin_lo = problem.lower == "linear"
         self.lin_hi = problem.upper == "linear"
