@@ -108,7 +108,7 @@ def test_zero_volatility_immediate_exercise():
 
 # ---------------------------------------------------------------- Bermudan
 def test_bermudan_one_date_equals_european():
-    S, K, r, q, vol, T = 100.0, 100.0, 0.05, 0.02, 0.2, 1.0
+    K, r, q, vol, T = 100.0, 0.05, 0.02, 0.2, 1.0
     ber = fb.solve(fb.black_scholes("put", K, r, vol, T, dividend=q, exercise_dates=[T]),
                    nx=800, nt=200)
     assert ber.problem.exercise == "bermudan"
