@@ -71,6 +71,20 @@ class ExplicitRK:
             self._interp_cache[key] = w
         return w
 
+    def stage_matrices(self, dtype, device):
+        """Row tensors ``a[i]`` (1, i), ``b`` (1, s) and ``b_err`` (1, s) (cached)."""
+        key = ("stages", dtype, device)
+        m = self._interp_cache.get(key)
+        if m is None:
+            t = self.tableau
+            a = [None] + [torch.tensor([t.a[i]], dtype=dtype, device=device)
+                          for i in range(1, t.stages)]
+            b = torch.tensor([t.b], dtype=dtype, device=device)
+            e = (torch.tensor([t.b_err], dtype=dtype, device=device) if t.b_err is not None
+                 else None)
+            m = self._interp_cache[key] = (a, b, e)
+        return m
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -101,13 +115,20 @@ METHODS = {"euler": Euler, "midpoint": Midpoint, "heun": Heun, "rk4": RK4, "bosh
            "dopri5": Dopri5, "tsit5": Tsit5, "dopri8": Dopri8}
 
 
+_INSTANCES: dict = {}
+
+
 def get_method(method) -> ExplicitRK:
     """Resolve a string alias or a method object."""
     if isinstance(method, ExplicitRK):
         return method
     if isinstance(method, str):
-        cls = METHODS.get(method.lower())
-        if cls is not None:
-            return cls()
+        key = method.lower()
+        if key in METHODS:
+            # One shared instance per alias, so that its cached tableau tensors are reused.
+            inst = _INSTANCES.get(key)
+            if inst is None:
+                inst = _INSTANCES[key] = METHODS[key]()
+            return inst
     raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)} or pass an "
                      "ode.ExplicitRK(tableau)")

@@ -186,6 +186,8 @@ def _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, f
     p.f, p.y0 = f, y0
     if not isinstance(t_span, (tuple, list)) or len(t_span) != 2:
         raise ValueError("t_span must be a pair (t0, t1)")
+    p.span_floats = (tuple(float(x) for x in t_span)
+                     if all(isinstance(x, numbers.Real) for x in t_span) else None)
     p.t0 = _as_time(t_span[0], "t_span[0] (t0)", p.batch, p.dtype, p.device)
     p.t1 = _as_time(t_span[1], "t_span[1] (t1)", p.batch, p.dtype, p.device)
     p.direction = torch.sign(p.t1 - p.t0)
@@ -197,8 +199,12 @@ def _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, f
     p.atol = _tolerance(atol, "atol", p.state_shape, p.dtype, p.device)
     if p.method.adaptive and dt is None:
         r = p.rtol if isinstance(p.rtol, float) else p.rtol.min().item()
-        zero_both = (torch.as_tensor(p.rtol) == 0) & (torch.as_tensor(p.atol) == 0)
-        if bool(zero_both.any()):
+        if isinstance(p.rtol, float) and isinstance(p.atol, float):
+            zero_both = p.rtol == 0 and p.atol == 0
+        else:
+            zero_both = bool(((torch.as_tensor(p.rtol) == 0)
+                              & (torch.as_tensor(p.atol) == 0)).any())
+        if zero_both:
             raise ValueError("rtol and atol are both zero (for some component): the error "
                              "test can never pass")
         if r < 4 * eps:
@@ -292,10 +298,6 @@ def _lincomb_grad(coeffs, ks):
     return out
 
 
-def _rms(x):
-    return x.square().flatten(1).mean(1).sqrt()
-
-
 def _horner(y_start, coef, theta):
     """y_start + sum_j theta^(j+1) coef[:, j]; theta (m,)."""
     th = theta.reshape(-1, *([1] * (y_start.dim() - 1)))
@@ -335,6 +337,10 @@ def _integrate(p, dense_output, compact):
     D = math.prod(p.state_shape)
     red_dims = tuple(range(1, 1 + len(p.state_shape)))
     sqrt_d = math.sqrt(D)
+
+    def rms(x):
+        return torch.linalg.vector_norm(x, dim=red_dims).mul_(1.0 / sqrt_d)
+
     rtol_n = rtol * sqrt_d
     atol_n = atol * sqrt_d
 
@@ -394,9 +400,7 @@ def _integrate(p, dense_output, compact):
     fast = not graph and dtype in (torch.float32, torch.float64)
     if fast:
         Kbuf = torch.empty(n_ext, B * D, dtype=dtype, device=device)
-        A_t = [None] + [torch.tensor([A[i]], dtype=dtype, device=device) for i in range(1, s)]
-        B_t = torch.tensor([Bw], dtype=dtype, device=device)
-        E_t = torch.tensor([Berr], dtype=dtype, device=device) if Berr is not None else None
+        A_t, B_t, E_t = method.stage_matrices(dtype, device)
         kview_n, K, Kv = -1, None, None
 
     if adaptive:
@@ -406,13 +410,13 @@ def _integrate(p, dense_output, compact):
             with torch.no_grad():
                 scale = atol + torch.as_tensor(rtol) * y.abs() if not isinstance(rtol, float) \
                     else atol + rtol * y.abs()
-                d0, d1 = _rms(y / scale), _rms(k1 / scale)
+                d0, d1 = rms(y / scale), rms(k1 / scale)
                 h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6),
                                  0.01 * d0 / d1)
                 h0 = torch.minimum(h0, (t1 - t).abs())
                 hb0 = (h0 * direction).reshape(-1, *ones)
                 f1 = fcall(t + h0 * direction, y + hb0 * k1, argsa)
-                d2 = _rms((f1 - k1) / scale) / h0
+                d2 = rms((f1 - k1) / scale) / h0
                 dm = torch.maximum(d1, d2)
                 h1 = torch.where(dm <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
                                  lane_pow(0.01 / dm, 1.0 / (q + 1)))
@@ -422,8 +426,10 @@ def _integrate(p, dense_output, compact):
                 hh = torch.where(torch.isfinite(hh), hh, 1e-6 * (t1 - t).abs())
                 h = hh * direction
             nfe_init += 1
-        h = h.clamp(-p.dt_max, p.dt_max)
-        h = torch.where(h.abs() < p.dt_min, p.dt_min * direction, h)
+        if p.dt_max < math.inf:
+            h = h.clamp(-p.dt_max, p.dt_max)
+        if p.dt_min > 0:
+            h = torch.where(h.abs() < p.dt_min, p.dt_min * direction, h)
     else:
         h = p.dt * direction
     h = h.detach()
@@ -461,8 +467,14 @@ def _integrate(p, dense_output, compact):
         if p.t_eval is not None:
             te, ptr = te[keep], ptr[keep]
 
-    zero_span = direction == 0
-    if bool(zero_span.any()):
+    if p.span_floats is not None:
+        any_zero = p.span_floats[0] == p.span_floats[1]
+        zero_span = direction == 0 if any_zero else None
+    else:
+        zero_span = direction == 0
+        any_zero = bool(zero_span.any())
+    gathered = False
+    if any_zero:
         sel = zero_span.nonzero().flatten()
         record(sel, t[sel], y[sel], Status.SUCCESS, 0, nacc[sel])
         if p.t_eval is not None:  # all output points equal t0
@@ -471,6 +483,7 @@ def _integrate(p, dense_output, compact):
                 out_val.append(y[sel])
         keep = (~zero_span).nonzero().flatten()
         gather(keep)
+        gathered = True
     n_active = idx.numel()
 
     it = 0
@@ -654,20 +667,26 @@ def _integrate(p, dense_output, compact):
                 record(sel, t[sel], y[sel], code, it, nacc[sel])
             if live is None:
                 keep = (~done).nonzero().flatten()
-                gather(keep)
                 n_active = keep.numel()
+                if n_active:
+                    gather(keep)
+                    gathered = True
             else:
                 live = live & ~done
                 n_active = int(live.sum())
 
     # --- assemble per-sample outputs ---------------------------------------------------------
-    ridx = torch.cat(rec_idx)
-    perm = torch.argsort(ridx)
-    t_out = torch.cat(rec_t)[perm]
-    y_out = torch.cat(rec_y)[perm]
-    status = torch.cat(rec_status)[perm].long()
-    n_steps = torch.cat(rec_steps)[perm]
-    n_acc = torch.cat(rec_acc)[perm]
+    if len(rec_idx) == 1 and not gathered and rec_idx[0].numel() == B:
+        # Everything finished together in one record, in batch order already.
+        t_out, y_out, status = rec_t[0], rec_y[0], rec_status[0].long()
+        n_steps, n_acc = rec_steps[0], rec_acc[0]
+    else:
+        perm = torch.argsort(torch.cat(rec_idx))
+        t_out = torch.cat(rec_t)[perm]
+        y_out = torch.cat(rec_y)[perm]
+        status = torch.cat(rec_status)[perm].long()
+        n_steps = torch.cat(rec_steps)[perm]
+        n_acc = torch.cat(rec_acc)[perm]
     per_step = s if not fsal else s - 1
     nfe = nfe_init + n_steps * per_step
     nfe = torch.where(n_steps == 0, torch.ones_like(nfe), nfe)
