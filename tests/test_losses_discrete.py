@@ -169,6 +169,23 @@ def test_gated_objective_cycle_and_distill_step():
     assert all(p.grad is not None for p in model.base.parameters())
 
 
+def test_gated_objective_add_mode_sums_both_losses():
+    model = TinyGated()
+    x, y = torch.randn(8, 6), torch.randint(0, 5, (8,))
+    obj = GatedDepthObjective(model, [0.5, 0.7, 0.9], distill_every=1, distill_mode="add",
+                              generator=torch.Generator().manual_seed(3))
+    loss, info = obj(x, y)
+    teacher = copy.deepcopy(model).set_gates([1, 1, 1])(x).detach()
+    student = copy.deepcopy(model).set_gates([0, 0, 0])(x)
+    drawn = copy.deepcopy(model).set_gates(info["gates"])(x)
+    ref = self_distillation_loss(student, teacher, y) + F.cross_entropy(drawn, y)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    # The draw is the generator's first Bernoulli draw.
+    expected = torch.bernoulli(torch.tensor([0.5, 0.7, 0.9], dtype=torch.float64),
+                               generator=torch.Generator().manual_seed(3)).bool()
+    assert torch.equal(info["gates"], expected)
+
+
 def test_gated_depth_loss_uses_given_gates():
     model = TinyGated()
     x, y = torch.randn(5, 6), torch.randint(0, 5, (5,))
@@ -423,6 +440,8 @@ def test_bad_input():
         GatedDepthObjective(TinyGated(), [0.5, 0.5])
     with pytest.raises(ValueError, match="alpha"):
         GatedDepthObjective(TinyGated(), alpha=-0.1)
+    with pytest.raises(ValueError, match="distill_mode"):
+        GatedDepthObjective(TinyGated(), distill_mode="both")
     with pytest.raises(TypeError, match="set_gates"):
         gated_depth_loss(nn.Linear(2, 2), torch.randn(1, 2), torch.tensor([0]), torch.ones(1))
     with pytest.raises(ValueError, match="alpha"):

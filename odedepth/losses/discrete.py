@@ -300,7 +300,8 @@ class GatedDepthObjective:
     configuration (b = 0) is the student, loss alpha CE + (1 - alpha) KL. Otherwise one gate
     setting is drawn for the whole mini-batch (synchronised across ranks) and the loss is the
     cross-entropy of that sub-network. Our reading of the unspecified parts: the distillation step
-    *replaces* the stochastic step of that iteration, the teacher is detached (as in ADN), T = 1.
+    *replaces* the stochastic step of that iteration (`distill_mode="replace"`; `"add"` also runs
+    the stochastic step and sums the two losses), the teacher is detached (as in ADN), T = 1.
 
     **Arguments:**
 
@@ -311,6 +312,7 @@ class GatedDepthObjective:
     - `alpha`: distillation weight (paper: 0.5); `T`: temperature.
     - `generator`: CPU generator for the gate draws; `sync`: broadcast across ranks.
     - `loss_fn`: `(logits, target) -> scalar` for the stochastic steps.
+    - `distill_mode`: `"replace"` or `"add"` (see above).
 
     Call `objective(x, y)` -> `(loss, info)`; `info` has `"kind"` (`"gated"`/`"distill"`) and
     `"gates"`; the model is left in its full configuration afterwards. Call :meth:`set_epoch` at each epoch for annealed schedules.
@@ -319,8 +321,11 @@ class GatedDepthObjective:
     def __init__(self, model: nn.Module, schedule: GateSchedule | Sequence[float] | Tensor | None
                  = None, *, distill_every: int = 10, alpha: float = 0.5, T: float = 1.0,
                  generator: torch.Generator | None = None, sync: bool = True,
-                 loss_fn: Callable | None = None):
+                 loss_fn: Callable | None = None, distill_mode: str = "replace"):
         who = "GatedDepthObjective"
+        if distill_mode not in ("replace", "add"):
+            raise ValueError(f"{who}: distill_mode must be 'replace' or 'add', got {distill_mode!r}")
+        self.distill_mode = distill_mode
         S = _n_stages(model)
         if not hasattr(_unwrap(model), "set_gates"):
             raise TypeError(f"{who}: model has no set_gates; build it with gated=True")
@@ -363,6 +368,10 @@ class GatedDepthObjective:
             student = _logits(self.model(x))
             loss = self_distillation_loss(student, teacher, target, self.alpha, self.T)
             info = {"kind": "distill", "gates": torch.zeros(S, dtype=torch.bool)}
+            if self.distill_mode == "add":
+                b = sample_gates(self.probs(), self.generator, sync=self.sync)
+                loss = loss + gated_depth_loss(self.model, x, target, b, self.loss_fn)
+                info["gates"] = b
         else:
             b = sample_gates(self.probs(), self.generator, sync=self.sync)
             loss = gated_depth_loss(self.model, x, target, b, self.loss_fn)
