@@ -374,3 +374,28 @@ def test_pooled_shared_exit_equals_projecting_the_feature_map(norm):
             fast = model._shared_exit(hh, stage)
             assert _pooled_projection(hh, model._later_projections(stage)) is not None
         torch.testing.assert_close(fast, direct.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_structural_options_are_named():
+    with pytest.raises(ValueError, match="block"):
+        create_model("resnet18", block="wide")
+    with pytest.raises(ValueError, match="layers"):
+        create_model("resnet18", layers=[2, -1, 2, 2])
+    with pytest.raises(ValueError, match="channels"):
+        create_model("resnet18", channels=(4, 8, 8))
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model("resnet18", num_classes=0)
+    with pytest.raises(ValueError, match="in_chans"):
+        create_model("resnet18", in_chans=2.5)
+    with pytest.raises(ValueError, match="drop_path"):
+        create_model("resnet18", drop_path=1.0)
+    with pytest.raises(ValueError, match="split"):
+        create_model("resnet50", gated=True, split=[1, 1, 7, 1])
+    with pytest.raises(ValueError, match="shortcut-only"):
+        create_model("resnet18", shortcut_only=[True, False, False, False])
+    with pytest.raises(ValueError, match="gate_probs"):
+        create_model("resnet18", gated=True, gate_probs=[0.5, 0.5])
+    # a custom split and a scalar probability are accepted and recorded in the config
+    m = create_model("resnet50", gated=True, split=[1, 1, 1, 1], gate_probs=0.7, **SMALL)
+    assert m.skippable_counts() == [2, 3, 5, 2] and m.config["gate_probs"] == 0.7
+    assert create_model(**m.config).skippable_counts() == [2, 3, 5, 2]
