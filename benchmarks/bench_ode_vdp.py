@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ode_overhead import interleaved_medians  # noqa: E402
+from bench_ode_overhead import add_clock_argument, interleaved_medians, set_clock  # noqa: E402
 
 from solvers import ode  # noqa: E402
 from solvers.ode.compat import solve_with_torchdiffeq  # noqa: E402
@@ -84,9 +84,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    add_clock_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    clock = set_clock(args.clock, device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device available: skipping (--device cuda)")
         return {}
@@ -132,8 +134,8 @@ def main(argv=None):
 
     res = interleaved_medians(runners, repeats, device)
     print(f"# Van der Pol mu = {args.mu:g}, batch {batch}, one period T = {period:.4f}, dopri5, "
-          f"atol = rtol = {tol:g}, float32, {device}, median of {repeats}")
-    print(f"{'solver':<13} {'mean steps':>10} {'max steps':>9} {'NFE':>8} {'wall s':>8} "
+          f"atol = rtol = {tol:g}, float32, {device}, median of {repeats}, {clock} clock")
+    print(f"{'solver':<13} {'mean steps':>10} {'max steps':>9} {'NFE':>8} {clock + ' s':>8} "
           f"{'max err':>9} {'mean steps / torchdiffeq':>25}")
     base = float(res["torchdiffeq"][1][1].mean())
     rows = {}

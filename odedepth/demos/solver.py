@@ -10,9 +10,10 @@ initial states, in float64, over a sweep of tolerances, by
 and each run is scored against a scipy ``DOP853`` reference at rtol = atol = 1e-12. Printed per
 run: tolerance, NFE (batch-equivalent: per-sample evaluations summed and divided by the batch,
 since our solver evaluates only the samples that still need it; torchdiffeq evaluates the whole
-batch every time), maximum error and median wall time. The work-precision diagram (error against
-wall time and against NFE) is written to ``out/work_precision.png`` and the table to
-``out/work_precision.csv``.
+batch every time), maximum error and the median time of a solve, measured as this process's CPU
+time (``time.process_time``, one torch thread) because wall time on a machine shared with other
+jobs is dominated by them. The work-precision diagram (error against time and against NFE) is
+written to ``out/work_precision.png`` and the table to ``out/work_precision.csv``.
 
 References: Hairer, Norsett & Wanner, *Solving Ordinary Differential Equations I* (work-precision
 diagrams, Sec. II.10); diffrax's benchmarking advice (same precision, tight reference, time
@@ -90,9 +91,9 @@ def _time(fn, repeats):
     fn()  # warm-up
     times, out = [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         out = fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return statistics.median(times), out
 
 
@@ -106,10 +107,11 @@ def run(out="outputs/solver_demo", quick: bool = False, seed: int = 0):
     - `seed`: seed of the field and the initial states.
 
     **Returns:** list of dicts, one per (solver, tolerance): ``solver``, ``tol``, ``nfe``,
-    ``err``, ``wall_s``.
+    ``err``, ``cpu_s`` (median CPU time of one solve).
 
     **Raises:** ``ValueError`` if `out` exists and is not a directory.
     """
+    torch.set_num_threads(1)  # CPU time = work done, comparable across solvers
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"solver demo: output path {out} exists and is not a directory")
@@ -148,12 +150,12 @@ def run(out="outputs/solver_demo", quick: bool = False, seed: int = 0):
     rows = []
     print(f"# neural ODE: tanh MLP field {DIM}-{HIDDEN}-{DIM} (+t), batch {batch}, t in [0, {T1:g}],"
           f" float64; error = max |y(T) - scipy DOP853 (1e-12)|")
-    print(f"{'solver':<20} {'rtol=atol':>9} {'NFE':>8} {'max err':>9} {'wall ms':>9}")
+    print(f"{'solver':<20} {'rtol=atol':>9} {'NFE':>8} {'max err':>9} {'cpu ms':>9}")
     for name, make in solvers.items():
         for tol in tols:
             wall, (y, nfe) = _time(make(tol), repeats)
             err = float(np.abs(y.numpy() - ref).max())
-            rows.append(dict(solver=name, tol=tol, nfe=nfe, err=err, wall_s=wall))
+            rows.append(dict(solver=name, tol=tol, nfe=nfe, err=err, cpu_s=wall))
             print(f"{name:<20} {tol:9.0e} {nfe:8.1f} {err:9.2e} {wall * 1e3:9.2f}")
     with open(out / "work_precision.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -174,9 +176,9 @@ def _plot(rows, path, batch):
     for name in dict.fromkeys(r["solver"] for r in rows):
         sub = [r for r in rows if r["solver"] == name]
         err = [max(r["err"], 1e-16) for r in sub]
-        axes[0].loglog([r["wall_s"] * 1e3 for r in sub], err, "o-", label=name)
+        axes[0].loglog([r["cpu_s"] * 1e3 for r in sub], err, "o-", label=name)
         axes[1].loglog([r["nfe"] for r in sub], err, "o-", label=name)
-    axes[0].set_xlabel("wall time [ms] (median)")
+    axes[0].set_xlabel("CPU time of one solve [ms] (median)")
     axes[1].set_xlabel("NFE (batch-equivalent)")
     for ax in axes:
         ax.set_ylabel("max error vs scipy DOP853")
