@@ -88,9 +88,13 @@ def illinois(gfun, g_lo, g_hi, tol_theta, max_iter: int = 100):
             break
         denom = gb - ga
         c = torch.where(denom != 0, (a * gb - b * ga) / denom, 0.5 * (a + b))
-        # Keep strictly inside the bracket; fall back to bisection when regula falsi stalls.
-        inside = (c > torch.minimum(a, b)) & (c < torch.maximum(a, b))
-        c = torch.where(inside, c, 0.5 * (a + b))
+        # Stay at least tol inside the bracket: when regula falsi lands (numerically) on an
+        # end, the next evaluation tol away from it closes the bracket to width tol instead
+        # of creeping towards the root (which made e.g. linear g take ~50 iterations).
+        lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+        margin = torch.minimum(tol_theta, 0.5 * (hi - lo))
+        c = torch.where(torch.isfinite(c), c, 0.5 * (a + b))
+        c = torch.minimum(torch.maximum(c, lo + margin), hi - margin)
         gc = gfun(c)
         fired = (gc == 0) | (torch.sign(gc) == torch.sign(gb))
         # Update the end on the same side as c's sign, halve the other end's value if the
