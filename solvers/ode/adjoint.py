@@ -14,9 +14,10 @@ per-sample solver, starting from ``a(t1) = dL/dy(t1)`` and ``a_theta(t1) = 0``; 
 
 Because every sample has its own steps, ``a_theta`` is carried *per sample* (state size
 ``2 * state + n_params`` per sample) and summed over the batch at the end. Per-sample
-vector-Jacobian products come from ``torch.func.vmap`` over ``torch.func.vjp`` when ``f`` is an
-``nn.Module`` (cost linear in the batch), and otherwise from ``torch.autograd.grad(...,
-is_grads_batched=True)`` (cost quadratic in the batch; fine for small batches).
+vector-Jacobian products come from one plain backward pass per sample for up to 8 active
+samples, else from ``torch.func.vmap`` over ``torch.func.vjp`` when ``f`` is an ``nn.Module``
+(cost linear in the batch), else from ``torch.autograd.grad(..., is_grads_batched=True)`` (cost
+quadratic in the batch).
 
 The ``"seminorm"`` option (Kidger, Chen & Lyons 2021, "'Hey, that's not an ODE': faster ODE
 adjoints via seminorms", ICML) measures the backward solve's error over ``y`` and ``a`` only: the
@@ -42,6 +43,10 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["solve_adjoint"]
+
+# Up to this many active samples, per-sample parameter gradients come from a loop of plain
+# backward passes instead of torch.func.vmap (see _make_vjp).
+_LOOP_MAX_BATCH = 8
 
 _OPTION_KEYS = ("norm", "rtol", "atol", "method", "adjoint_params", "max_steps")
 
@@ -368,29 +373,31 @@ def _make_vjp(f, params, has_args):
         vp = torch.cat([gp[n].reshape(m, -1) for n in names], 1) if names else y.new_zeros(m, 0)
         return out, gy, vp
 
-    def vjp_autograd(t, y, a, args):
+    def vjp_autograd(t, y, a, args, loop: bool):
         y_ = y.detach().requires_grad_(True)
         fy = call(t, y_, args)
         m = y.shape[0]
-        inputs = [y_] + list(params)
         if not params:
             (gy,) = torch.autograd.grad(fy, y_, a, allow_unused=True)
             gy = torch.zeros_like(y) if gy is None else gy
             return fy.detach(), gy, y.new_zeros(m, 0)
+        # a^T df/dy summed over the batch is already per sample (f is batch-elementwise).
         (gy,) = torch.autograd.grad(fy, y_, a, retain_graph=True, allow_unused=True)
         gy = torch.zeros_like(y) if gy is None else gy
-        # Row i of the batched cotangent is a with every sample but i zeroed: since f is
-        # batch-elementwise, the i-th gradient is sample i's parameter gradient.
+        # Row i of the batched cotangent is a with every sample but i zeroed: its parameter
+        # gradient is sample i's.
         eye = torch.eye(m, dtype=a.dtype, device=a.device)
         cot = eye.reshape(m, m, *([1] * (a.dim() - 1))) * a.unsqueeze(0)
-        try:
-            gps = torch.autograd.grad(fy, inputs[1:], cot, is_grads_batched=True,
-                                      allow_unused=True)
-        except RuntimeError:  # an op without a batching rule: one backward per sample
-            rows = []
-            for i in range(m):
-                rows.append(torch.autograd.grad(fy, inputs[1:], cot[i], retain_graph=i < m - 1,
-                                                allow_unused=True))
+        gps = None
+        if not loop:
+            try:
+                gps = torch.autograd.grad(fy, params, cot, is_grads_batched=True,
+                                          retain_graph=True, allow_unused=True)
+            except RuntimeError:  # an op without a batching rule: fall back to the loop
+                gps = None
+        if gps is None:
+            rows = [torch.autograd.grad(fy, params, cot[i], retain_graph=i < m - 1,
+                                        allow_unused=True) for i in range(m)]
             gps = [torch.stack([r[j] if r[j] is not None else torch.zeros_like(p) for r in rows])
                    for j, p in enumerate(params)]
         vp = torch.cat(
@@ -399,13 +406,17 @@ def _make_vjp(f, params, has_args):
         return fy.detach(), gy, vp
 
     def vjp_dispatch(t, y, a, args):
+        # Small batches: one plain backward per sample is cheapest (torch.func.vmap costs ~1 ms
+        # per call, and its first use imports a large part of torch, ~3 s).
+        if y.shape[0] <= _LOOP_MAX_BATCH:
+            return vjp_autograd(t, y, a, args, loop=True)
         if state["func_ok"]:
             try:
                 return vjp_func(t, y, a, args)
             except (RuntimeError, NotImplementedError, TypeError):
                 # f is not vmap-compatible (data-dependent control flow, .item(), ...).
                 state["func_ok"] = False
-        return vjp_autograd(t, y, a, args)
+        return vjp_autograd(t, y, a, args, loop=False)
 
     return vjp_dispatch
 
