@@ -80,12 +80,12 @@ def illinois(gfun, g_lo, g_hi, tol_theta, max_iter: int = 100):
     """
     a = torch.zeros_like(g_lo)  # bracket end that has not fired (sign of g_lo)
     b = torch.ones_like(g_hi)  # bracket end that has fired (sign of g_hi, or zero)
-    ga, gb = g_lo.clone(), g_hi.clone()
-    side = torch.zeros_like(g_lo)  # Illinois: which end was kept last time (-1 a, +1 b)
+    ga, gb = g_lo, g_hi
+    sb = torch.sign(g_hi)
+    done = g_hi == 0  # the full step is wider than any tolerance
+    kept_a = torch.zeros_like(done)  # Illinois: the a end was kept in the last update
+    kept_b = torch.zeros_like(done)
     for _ in range(max_iter):
-        done = ((b - a).abs() <= tol_theta) | (gb == 0)
-        if bool(done.all()):
-            break
         denom = gb - ga
         c = torch.where(denom != 0, (a * gb - b * ga) / denom, 0.5 * (a + b))
         # Stay at least tol inside the bracket: when regula falsi lands (numerically) on an
@@ -93,19 +93,19 @@ def illinois(gfun, g_lo, g_hi, tol_theta, max_iter: int = 100):
         # of creeping towards the root (which made e.g. linear g take ~50 iterations).
         lo, hi = torch.minimum(a, b), torch.maximum(a, b)
         margin = torch.minimum(tol_theta, 0.5 * (hi - lo))
-        c = torch.where(torch.isfinite(c), c, 0.5 * (a + b))
         c = torch.minimum(torch.maximum(c, lo + margin), hi - margin)
         gc = gfun(c)
-        fired = (gc == 0) | (torch.sign(gc) == torch.sign(gb))
-        # Update the end on the same side as c's sign, halve the other end's value if the
-        # same end was kept twice in a row (Illinois modification).
-        new_b = torch.where(fired & ~done, c, b)
-        new_gb = torch.where(fired & ~done, gc, gb)
-        new_a = torch.where(~fired & ~done, c, a)
-        new_ga = torch.where(~fired & ~done, gc, ga)
-        new_ga = torch.where(fired & ~done & (side > 0), 0.5 * new_ga, new_ga)
-        new_gb = torch.where(~fired & ~done & (side < 0), 0.5 * new_gb, new_gb)
-        side = torch.where(done, side, torch.where(fired, torch.ones_like(side),
-                                                   -torch.ones_like(side)))
-        a, b, ga, gb = new_a, new_b, new_ga, new_gb
+        # c has fired when g(c) has the sign of the fired end, or is zero.
+        fired = torch.sign(gc) * sb >= 0
+        upd = ~done
+        fb, fa = fired & upd, ~fired & upd
+        b, gb = torch.where(fb, c, b), torch.where(fb, gc, gb)
+        a, ga = torch.where(fa, c, a), torch.where(fa, gc, ga)
+        # Illinois: an end kept twice in a row has its value halved (keeps its sign).
+        ga = torch.where(fb & kept_a, 0.5 * ga, ga)
+        gb = torch.where(fa & kept_b, 0.5 * gb, gb)
+        kept_a, kept_b = torch.where(upd, fb, kept_a), torch.where(upd, fa, kept_b)
+        done = done | ((b - a).abs() <= tol_theta) | (gc == 0)
+        if bool(done.all()):
+            break
     return b

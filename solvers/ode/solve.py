@@ -303,8 +303,8 @@ def _horner(y_start, coef, theta):
     th = theta.reshape(-1, *([1] * (y_start.dim() - 1)))
     acc = coef[:, -1]
     for j in range(coef.shape[1] - 2, -1, -1):
-        acc = coef[:, j] + th * acc
-    return y_start + th * acc
+        acc = torch.addcmul(coef[:, j], th, acc)
+    return torch.addcmul(y_start, th, acc)
 
 
 def _interp_coef(W, kext, hs):
