@@ -262,3 +262,15 @@ def test_bad_coefficients_raise():
         fb.ObstacleProblem(payoff=0.0, x_min=0.0, x_max=1.0, maturity=1.0, lower="neumann")
     with pytest.raises(fb.LCPConvergenceError):
         fb.solve(fb.brownian_linear_cost(0.5), nx=81, nt=10, lcp="psor", psor_max_iter=3)
+
+
+def test_time_dependent_running_reward_is_integrated():
+    # mu = sigma = r = 0, g = 0, European: V(0, x) = int_0^T f(t) dt; f(t) = t gives T^2 / 2, and
+    # Crank–Nicolson (the trapezoidal rule in time) integrates a linear f exactly.
+    prob = fb.ObstacleProblem(payoff=0.0, x_min=-1.0, x_max=1.0, maturity=2.0,
+                              running=lambda t, x: t.expand_as(x), exercise="european",
+                              lower=lambda t, x: (4.0 - t * t) / 2, upper=lambda t, x: (4.0 - t * t) / 2)
+    assert not prob.stationary
+    res = fb.solve(prob, nx=11, nt=20, rannacher_steps=0)
+    torch.testing.assert_close(res.values, torch.full((1, 11), 2.0, dtype=torch.float64),
+                               rtol=0, atol=1e-12)

@@ -59,8 +59,8 @@ class ObstacleProblem:
     - `center`: optional point (number or `(B,)`) where meshes concentrate nodes (e.g. the log strike).
     - `transform`: `"identity"` (the state is x) or `"log"` (the state is S = e^x; values, deltas,
       gammas and boundaries of :class:`~solvers.freeboundary.solve.Result` are then in S units).
-    - `stationary`: whether mu, sigma, r do not depend on t (the matrix is then factorised once);
-      default: True when none of them is callable.
+    - `stationary`: whether mu, sigma, r and f do not depend on t (the matrices are then built
+      and factorised once per step size); default: True when none of them is callable.
     - `time_dependent_payoff`: whether g depends on t (default: True for a callable); when False
       the payoff is evaluated once.
     - `batch_size`: needed only when every argument is a number but a batch is wanted.
@@ -122,7 +122,7 @@ class ObstacleProblem:
             raise ValueError(f"transform must be 'identity' or 'log', got {transform!r}")
         self.transform = transform
         if stationary is None:
-            stationary = not any(callable(v) for v in (drift, vol, rate))
+            stationary = not any(callable(v) for v in (drift, vol, rate, running))
         self.stationary = bool(stationary)
         if time_dependent_payoff is None:
             time_dependent_payoff = callable(payoff)
