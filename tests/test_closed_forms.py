@@ -89,7 +89,7 @@ def test_mixed_directions_in_one_batch():
     # The sine problem forward (1 -> 8) and backward (8 -> 1) in the same batch: each sample
     # must reach its own exact end value.
     prob = CLOSED_FORMS["sine"]
-    y0 = torch.tensor([prob.exact(1.0), prob.exact(8.0)], dtype=torch.float64)
+    y0 = torch.tensor(np.stack([prob.exact(1.0), prob.exact(8.0)]), dtype=torch.float64)
     t0 = torch.tensor([1.0, 8.0], dtype=torch.float64)
     t1 = torch.tensor([8.0, 1.0], dtype=torch.float64)
     sol = ode.solve(prob.f_torch, y0, (t0, t1), method="dopri5", rtol=1e-10, atol=1e-10)

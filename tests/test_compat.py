@@ -76,6 +76,16 @@ def test_fixed_grid_euler_is_identical():
     torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-13)
 
 
+def test_fixed_step_size_option_matches():
+    # options={"step_size": h}: steps of h (the output times are multiples of h, where
+    # torchdiffeq's linear interpolation and our dense output both return the step values).
+    y0 = torch.tensor([[0.5, 0.0]], dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    ours, theirs = _both(lambda odeint: odeint(Lambda(), y0, t, method="midpoint",
+                                               options={"step_size": 0.05}))
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
 def test_tuple_state_matches():
     # Harmonic oscillator as a (position, velocity) tuple with different shapes.
     x0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
