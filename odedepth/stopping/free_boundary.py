@@ -27,6 +27,7 @@ approach", Rev. Financ. Stud. 14 (2001).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -73,6 +74,7 @@ class FreeBoundaryRule(StoppingRule):
         self.cost, self.stage_weight = float(cost), float(stage_weight)
         self.basis, self.ridge, self.margin = basis, float(ridge), float(margin)
         self.fit_result = None
+        self._monomials = None
         for name in ("grid", "coef", "shift", "scale"):
             self.register_buffer(name, None)
 
@@ -134,10 +136,26 @@ class FreeBoundaryRule(StoppingRule):
         """`(m,)` fitted C - q at checkpoint index k (per sample) for features x, float64."""
         k = k.clamp(max=self.coef.shape[0] - 1)  # the last checkpoint holds the one before
         z = (x - self.shift[k]) / self.scale[k]
-        design = _stopping.basis_functions(z, self.basis)
+        design = self._design(z)
         fitted = torch.einsum("mp,mpc->mc", design, self.coef[k])
         # rewards are minus costs: reward_est - continuation = C_cost - q_cost
         return fitted[:, 1] - fitted[:, 0]
+
+    def _design(self, z: Tensor) -> Tensor:
+        """All monomials of total degree <= d of the columns of z, constant first, in the
+        column order of :func:`solvers.stopping.basis_functions` (``itertools`` combinations
+        with replacement), as one gather-and-multiply per degree (this runs inside the
+        solver's event function, every step and every root-finding iteration)."""
+        n, k = z.shape
+        if self._monomials is None or self._monomials[0] != k:
+            degree = int(self.basis[-1])
+            idx = [torch.tensor(list(itertools.combinations_with_replacement(range(k), d)),
+                                dtype=torch.long).reshape(-1, d) for d in range(1, degree + 1)]
+            self._monomials = (k, idx)
+        cols = [z.new_ones(n, 1)]
+        for ix in self._monomials[1]:
+            cols.append(z[:, ix.to(z.device)].prod(dim=-1))
+        return torch.cat(cols, dim=1)
 
     def score(self, depth: Tensor, state: Tensor | None, logits: Tensor | None) -> Tensor:
         """`(batch,)` C(t, h) - q(t, h) - margin, linear in t between the fitted checkpoints."""
