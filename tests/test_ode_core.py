@@ -289,3 +289,17 @@ def test_sample_alone_is_bit_identical_to_sample_in_batch(grad):
             assert torch.equal(a.t[i:i + 1], b.t) and torch.equal(a.y[i:i + 1], b.y)
             assert torch.equal(a.ys[i:i + 1].nan_to_num(), b.ys.nan_to_num())
             assert torch.equal(a.stats["n_steps"][i:i + 1], b.stats["n_steps"])
+
+
+def test_gradient_with_respect_to_the_horizon():
+    # y(T) = y0 exp(-k T): dy/dT = -k y0 exp(-k T) (= f at the end), per sample and shared.
+    k = 0.7
+    y0 = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    t1 = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64, requires_grad=True)
+    sol = ode.solve(lambda t, y: -k * y, y0, (0.0, t1), rtol=1e-10, atol=1e-12)
+    (g,) = torch.autograd.grad(sol.y.sum(), t1)
+    torch.testing.assert_close(g, -k * y0[:, 0] * torch.exp(-k * t1.detach()))
+    T = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    sol = ode.solve(lambda t, y: -k * y, y0, (0.0, T), rtol=1e-10, atol=1e-12)
+    (g,) = torch.autograd.grad(sol.y.sum(), T)
+    assert g.item() == pytest.approx(-k * 6.0 * math.exp(-k * 1.5), rel=1e-8)

@@ -190,6 +190,11 @@ def _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, f
                      if all(isinstance(x, numbers.Real) for x in t_span) else None)
     p.t0 = _as_time(t_span[0], "t_span[0] (t0)", p.batch, p.dtype, p.device)
     p.t1 = _as_time(t_span[1], "t_span[1] (t1)", p.batch, p.dtype, p.device)
+    # Gradient with respect to the horizon: dy(t1)/dt1 = f(t1, y(t1)) (applied at the end).
+    t1_in = t_span[1]
+    p.t1_grad = None
+    if isinstance(t1_in, torch.Tensor) and t1_in.requires_grad:
+        p.t1_grad = t1_in.to(p.dtype).expand(p.batch) if t1_in.dim() == 0 else t1_in.to(p.dtype)
     p.direction = torch.sign(p.t1 - p.t0)
 
     p.method = get_method(method)
@@ -371,7 +376,11 @@ def _integrate(p, dense_output, compact):
     out_idx, out_val = [], []
     dense_rec = []
 
+    rec_f = []
+
     def record(sel, t_sel, y_sel, status, steps, nacc_sel):
+        if p.t1_grad is not None:  # f at the final point (used for SUCCESS rows only)
+            rec_f.append(k1.detach().index_select(0, sel))
         rec_idx.append(idx[sel])
         rec_t.append(t_sel)
         rec_y.append(y_sel)
@@ -695,6 +704,7 @@ def _integrate(p, dense_output, compact):
         # Everything finished together in one record, in batch order already.
         t_out, y_out, status = rec_t[0], rec_y[0], rec_status[0].long()
         n_steps, n_acc = rec_steps[0], rec_acc[0]
+        f_out = rec_f[0] if rec_f else None
     else:
         perm = torch.argsort(torch.cat(rec_idx))
         t_out = torch.cat(rec_t)[perm]
@@ -702,6 +712,12 @@ def _integrate(p, dense_output, compact):
         status = torch.cat(rec_status)[perm].long()
         n_steps = torch.cat(rec_steps)[perm]
         n_acc = torch.cat(rec_acc)[perm]
+        f_out = torch.cat(rec_f)[perm] if rec_f else None
+    if p.t1_grad is not None:
+        # Value zero, gradient 1 w.r.t. t1 on samples that reached t1: d y/d t1 = f(t1, y).
+        shift = (p.t1_grad - p.t1_grad.detach()) * (status == int(Status.SUCCESS))
+        t_out = t_out + shift
+        y_out = y_out + f_out * shift.reshape(-1, *ones)
     per_step = s if not fsal else s - 1
     nfe = nfe_init + n_steps * per_step
     nfe = torch.where(n_steps == 0, torch.ones_like(nfe), nfe)
