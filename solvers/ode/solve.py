@@ -313,12 +313,12 @@ def _horner(y_start, coef, theta):
 
 
 def _interp_coef(W, kext, hs):
-    """(m, degree, *state) polynomial coefficients (already multiplied by h) of one step."""
+    """(m, degree, *state) polynomial coefficients (already multiplied by h) of one step.
+
+    `W` is the (degree, n_ext) continuous-extension matrix as nested python lists.
+    """
     hb = hs.reshape(-1, *([1] * (kext[0].dim() - 1)))
-    rows = []
-    for j in range(W.shape[0]):
-        rows.append(_lincomb_grad(W[j].tolist(), kext) * hb)
-    return torch.stack(rows, dim=1)
+    return torch.stack([_lincomb_grad(w, kext) * hb for w in W], dim=1)
 
 
 def _integrate(p, dense_output, compact):
@@ -336,7 +336,6 @@ def _integrate(p, dense_output, compact):
     q = method.error_order
     rtol, atol = p.rtol, p.atol
     need_coef = dense_output or p.t_eval is not None or ev is not None
-    W_t = method.interp_weights(dtype, device) if need_coef else None
     W_list = method.tableau.interp_matrix().tolist() if need_coef else None
     n_ext = tab.n_ext
     D = math.prod(p.state_shape)
@@ -375,7 +374,6 @@ def _integrate(p, dense_output, compact):
     rec_ev_idx, rec_ev_t = [], []
     out_idx, out_val = [], []
     dense_rec = []
-
     rec_f = []
 
     def record(sel, t_sel, y_sel, status, steps, nacc_sel):
@@ -389,7 +387,7 @@ def _integrate(p, dense_output, compact):
         rec_steps.append(torch.full_like(idx[sel], steps))
         rec_acc.append(nacc_sel)
 
-    # Zero-length spans finish immediately.
+    # First stage at t0 (carried from step to step afterwards); also validates f's output.
     k1 = fcall(t, y, argsa)
     if not isinstance(k1, torch.Tensor) or k1.shape != y.shape:
         raise ValueError(f"f(t, y) must return a tensor of the shape of y {tuple(y.shape)}, got "
@@ -600,7 +598,7 @@ def _integrate(p, dense_output, compact):
                 kext, hsd = data
                 if sub is not None:
                     kext, hsd = [k.index_select(0, sub) for k in kext], hsd[sub]
-                c = _interp_coef(W_t, kext, hsd)
+                c = _interp_coef(W_list, kext, hsd)
             if sub is None:
                 cache.append(c)
             return c
