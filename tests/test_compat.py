@@ -137,10 +137,35 @@ def test_shim_bad_input():
         compat.odeint(f, y0, torch.tensor([0.0, 1.0]), options={"jump_t": [0.5]})
     with pytest.raises(TypeError, match="y0"):
         compat.odeint(f, [1.0], torch.tensor([0.0, 1.0]))
-    with pytest.raises(NotImplementedError, match="Event"):
-        compat.odeint(f, y0, torch.tensor([0.0, 1.0]), event_fn=lambda t, y: y)
+    with pytest.raises(ValueError, match="len 2"):
+        compat.odeint(f, y0, torch.tensor([0.0, 1.0, 2.0]), event_fn=lambda t, y: y[0] - 0.5)
+    with pytest.raises(ValueError, match="single value"):
+        compat.odeint(f, torch.ones(2), torch.tensor([0.0, 1.0]), event_fn=lambda t, y: y - 0.5)
     with pytest.raises(ValueError, match="nn.Module"):
         compat.odeint_adjoint(f, y0, torch.tensor([0.0, 1.0]))
+
+
+def test_event_fn_bouncing_ball_matches_closed_form_and_torchdiffeq():
+    # Ball dropped from x0 = 10 with g = 8: impact at t* = sqrt(2 x0 / g) = 1.58114, velocity
+    # -g t* = -12.649, dt*/dx0 = 1 / (g t*) = 0.079057 (REFERENCES.md); torchdiffeq's
+    # odeint_event gives the same time and gradient.
+    g = 8.0
+    f = lambda t, s: torch.stack([s[1], torch.full_like(s[1], -g)])  # noqa: E731
+    event = lambda t, s: s[0]  # noqa: E731
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    x0 = torch.tensor([10.0, 0.0], dtype=torch.float64, requires_grad=True)
+    t_star, sol = compat.odeint(f, x0, t, event_fn=event, rtol=1e-10, atol=1e-12)
+    exact_t = math.sqrt(2 * 10.0 / g)
+    assert sol.shape == (2, 2)
+    assert abs(float(t_star.detach()) - exact_t) < 1e-8
+    assert abs(float(sol[1, 1]) + g * exact_t) < 1e-7
+    (dt_dx0,) = torch.autograd.grad(t_star, x0)
+    assert abs(float(dt_dx0[0]) - 1 / (g * exact_t)) < 1e-6
+    x0_td = x0.detach().clone().requires_grad_(True)
+    t_td, _ = torchdiffeq.odeint_event(f, x0_td, t[0], event_fn=event, rtol=1e-10, atol=1e-12)
+    (g_td,) = torch.autograd.grad(t_td, x0_td)
+    assert abs(float(t_td.detach()) - float(t_star.detach())) < 1e-8
+    torch.testing.assert_close(dt_dx0, g_td, rtol=1e-6, atol=1e-9)
 
 
 def test_torchdiffeq_backend_on_our_problem():

@@ -17,7 +17,8 @@ Two directions:
 Differences that remain (documented, not hidden): our ``rk4`` is the classical 1/6-1/3-1/3-1/6
 method while torchdiffeq's ``rk4`` is the 3/8 rule; for fixed-step methods with
 ``options={"step_size": h}`` torchdiffeq interpolates linearly between grid points while we
-evaluate our dense output; torchdiffeq's ``event_fn`` is not supported (use ``ode.Event``).
+evaluate our dense output; ``event_fn`` must return a single value (torchdiffeq also accepts a
+vector and stops at the first component to cross zero).
 
 References: Chen et al., torchdiffeq (https://github.com/rtqichen/torchdiffeq), API of
 ``torchdiffeq.odeint`` and ``odeint_adjoint``.
@@ -67,9 +68,14 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
       ``"tsit5"``, ``"euler"``, ``"midpoint"``, ``"rk4"``, ``"heun2"``).
     - `options`: dict with any of ``step_size``, ``first_step``, ``max_num_steps``,
       ``min_step``, ``max_step``.
-    - `event_fn`: not supported (``NotImplementedError``; use ``solvers.ode.Event``).
+    - `event_fn`: optional ``event_fn(t, y) -> scalar tensor``; as in torchdiffeq, `t` must
+      then be ``[t0, t1]`` (only its direction is used) and the solve runs until the event
+      function crosses zero. The event time is differentiable (implicit function theorem, also
+      with respect to parameters of `event_fn`). Not with :func:`odeint_adjoint`.
 
-    **Returns:** tensor ``(len(t), *y0.shape)`` (tuple of those for a tuple `y0`).
+    **Returns:** tensor ``(len(t), *y0.shape)`` (tuple of those for a tuple `y0`); with
+    `event_fn`, ``(event_t, solution)`` where ``solution`` holds the states at ``t0`` and at
+    the event, ``(2, *y0.shape)``.
 
     **Raises:** ``ValueError`` for a bad `t`, an unknown method or option; ``TypeError`` for a
     non-tensor `y0`.
@@ -171,10 +177,10 @@ def _check_grid(t):
 def _odeint(func, y0, t, rtol, atol, method, options, event_fn, adjoint_options):
     from . import solve
 
-    if event_fn is not None:
+    if event_fn is not None and adjoint_options is not None:
         raise NotImplementedError(
-            "odeint: event_fn is not supported by the shim; use solvers.ode.solve(..., "
-            "event=solvers.ode.Event(fn)) which stops every sample at its own event"
+            "odeint_adjoint: event_fn is not supported with the adjoint; use odeint (backprop "
+            "through the solver differentiates the event time)"
         )
     ours = _our_method(method)
     options = dict(options or {})
@@ -196,6 +202,8 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, adjoint_options)
         return flat.to(z.dtype)
 
     common = dict(method=ours, rtol=rtol, atol=atol)
+    if event_fn is not None:
+        return _odeint_event(solve, f, z0, t, shapes, shape, event_fn, common, kwargs)
     if adjoint_options is not None:
         common.update(adjoint=True, adjoint_options=adjoint_options)
     t_eval = t.to(z0.dtype)
@@ -213,6 +221,32 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, adjoint_options)
         sol = solve(f, z0, (float(t[0]), float(t[-1])), t_eval=t_eval, **common, **kwargs)
         ys = sol.ys[0]
     return _unflatten(ys, shapes, shape, lead=(n,))
+
+
+def _odeint_event(solve, f, z0, t, shapes, shape, event_fn, common, kwargs):
+    from .event import Event
+
+    if t.numel() != 2:
+        raise ValueError(f"odeint: with event_fn, t must be [t0, t1] (len 2) as in torchdiffeq, "
+                         f"got len(t) = {t.numel()}")
+
+    def g(tt, z):
+        val = event_fn(tt[0], _unflatten(z[0], shapes, shape))
+        if not isinstance(val, Tensor) or val.numel() != 1:
+            raise ValueError("odeint: event_fn must return a single value (a scalar tensor); "
+                             "for several events per system use solvers.ode.solve")
+        return val.reshape(1)
+
+    t0 = float(t[0])
+    direction = 1.0 if float(t[1]) > t0 else -1.0
+    # torchdiffeq integrates until the event whatever t[1] is: give the solve a far horizon and
+    # let max_steps bound the work.
+    horizon = t0 + direction * max(1e6, 1e3 * abs(float(t[1]) - t0))
+    sol = solve(f, z0, (t0, horizon), event=Event(g), **common, **kwargs)
+    if not bool(sol.stats["event_mask"][0]):
+        raise RuntimeError(f"odeint: the event function did not cross zero before t = {horizon:g}")
+    ys = torch.stack([z0[0], sol.y[0]])
+    return sol.t[0].to(t.dtype), _unflatten(ys, shapes, shape, lead=(2,))
 
 
 # ----------------------------------------------------------------------------------------------
