@@ -42,8 +42,9 @@ from solvers.ode.compat import solve_with_torchdiffeq  # noqa: E402
 
 def make_field(dim=32, hidden=64, seed=0, device="cpu", dtype=torch.float32):
     """The benchmark field f(t, y) = W2 tanh(W1 y + b1) + b2 (time-independent)."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+    with torch.random.fork_rng():  # seeded init without touching the caller's global RNG
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
     net = net.to(device=device, dtype=dtype)
     for p in net.parameters():
         p.requires_grad_(False)

@@ -25,8 +25,9 @@ class Lambda(nn.Module):
 class ODEFunc(nn.Module):
     def __init__(self):
         super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+        with torch.random.fork_rng():  # seeded init without touching the global RNG
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2)).double()
 
     def forward(self, t, y):
         return self.net(y**3)
