@@ -329,7 +329,7 @@ def _integrate(p, dense_output, compact):
     grad_on = torch.is_grad_enabled()
     eps = torch.finfo(dtype).eps
     A = [list(r) for r in tab.a]
-    Cn = list(tab.c)
+    C_col = torch.tensor(tab.c, dtype=dtype, device=device)[:, None]
     Bw = list(tab.b)
     Berr = list(tab.b_err) if tab.b_err is not None else None
     s, fsal, adaptive = tab.stages, tab.fsal, tab.adaptive and p.dt is None
@@ -512,6 +512,8 @@ def _integrate(p, dense_output, compact):
         hs = torch.where(last, rem, h)
         hb = hs.reshape(-1, *ones)
         n = idx.numel()
+        # All stage times in one op: (stages, n).
+        tst = torch.addcmul(t.unsqueeze(0), C_col, hs.unsqueeze(0))
         if fast:
             # Stages scaled by h live in rows of one flat buffer, so each stage input is a
             # single addmm: y_i = y + sum_j a_ij (h k_j)  (one BLAS call instead of i ops).
@@ -523,7 +525,7 @@ def _integrate(p, dense_output, compact):
             yi, fi = y, k1
             for i in range(1, s):
                 yi = torch.addmm(yflat, A_t[i], K[:i]).view_as(y)
-                fi = fcall(torch.add(t, hs, alpha=Cn[i]), yi, argsa)
+                fi = fcall(tst[i], yi, argsa)
                 torch.mul(fi, hb, out=Kv[i])
             if fsal:
                 y_new, f_new = yi, fi
@@ -536,7 +538,7 @@ def _integrate(p, dense_output, compact):
             yi = y
             for i in range(1, s):
                 yi = torch.addcmul(y, hb, _lincomb_grad(A[i], ks))
-                ks.append(fcall(torch.add(t, hs, alpha=Cn[i]), yi, argsa))
+                ks.append(fcall(tst[i], yi, argsa))
             if fsal:
                 y_new, f_new = yi, ks[-1]
             else:
@@ -561,7 +563,8 @@ def _integrate(p, dense_output, compact):
                 if p.dt_max < math.inf:
                     h_next = h_next.clamp(-p.dt_max, p.dt_max)
                 # Cannot shrink further (user dt_min or the float spacing of t): fail.
-                failed = (h_next.abs() < floor) & ~accept
+                # (bool > bool is "and not": too small and rejected)
+                failed = (h_next.abs() < floor) > accept
         else:
             with torch.no_grad():
                 finite = torch.isfinite(y_new.flatten(1).sum(1))
