@@ -168,10 +168,15 @@ class ODEBlock(nn.Module):
         packed = n_aug > 0
         opts = dict(method=self.method, rtol=self.rtol, atol=self.atol, dt=self.dt,
                     max_steps=self.max_steps, adjoint=self.adjoint)
-        unknown = set(solver_kw) - set(opts)
+        unknown = set(solver_kw) - set(opts) - {"adjoint_options"}
         if unknown:
             raise ValueError(f"ODEBlock.solve: unknown solver options {sorted(unknown)}")
         opts.update(solver_kw)
+        if opts["adjoint"] and "adjoint_options" not in opts:
+            # f below is a closure, so the adjoint must be told which parameters it depends on
+            opts["adjoint_options"] = {"adjoint_params": _parameters(
+                self.field, head, stop, aug, getattr(aug, "head", None),
+                getattr(aug, "rule", None))}
 
         def unpack(y):
             if not packed:
@@ -329,6 +334,18 @@ def trajectory_from_solution(sol: FlowSolution, head: nn.Module, *,
     return DepthTrajectory(depths=sol.t_eval, outputs=out,
                            states=sol.hs if keep_states else None, cost=cost, kind="time",
                            valid=valid)
+
+
+def _parameters(*objs) -> tuple:
+    """Parameters requiring grad of the modules among `objs`, each once."""
+    seen, out = set(), []
+    for o in objs:
+        if isinstance(o, nn.Module):
+            for p in o.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return tuple(out)
 
 
 def _checkpoint_counts(calls, t_eval: Tensor, b: int, device) -> Tensor:
