@@ -79,10 +79,14 @@ def main(argv=None):
     ap.add_argument("--paths", type=int, default=1_000_000, help="LSM training paths")
     ap.add_argument("--eval-paths", type=int, default=1_000_000, help="lower-bound paths")
     ap.add_argument("--neural-paths", type=int, default=200_000, help="neural training paths")
+    ap.add_argument("--basis", default="poly2", choices=["poly2", "poly3"],
+                    help="LSM basis on the 6 features (poly2: 28 functions, poly3: 84)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--outer", type=int, default=1000, help="dual: outer paths")
     ap.add_argument("--inner", type=int, default=500, help="dual: inner paths per step")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared 2-core machine more threads made "
+                         "the small neural-network steps 5x slower; 0 leaves torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
@@ -104,7 +108,7 @@ def main(argv=None):
     paths = simulate(gbm, args.paths, g)
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
-    fit = st.longstaff_schwartz(features(paths), reward(paths), basis="poly2")
+    fit = st.longstaff_schwartz(features(paths), reward(paths), basis=args.basis)
     t_fit = time.perf_counter() - t0
     del paths
     t0 = time.perf_counter()
@@ -115,7 +119,9 @@ def main(argv=None):
                              generator=g, features_fn=features)
     t_up = time.perf_counter() - t0
     log(f"  LSM: simulate {t_sim:.2f} s, fit {t_fit:.2f} s, lower {t_low:.2f} s, upper {t_up:.2f} s")
-    rows.append(("LSM poly2 (28 fns)", args.paths, t_sim, t_fit, low, t_low, up, t_up))
+    nfun = {"poly2": 28, "poly3": 84}[args.basis]
+    rows.append((f"LSM {args.basis} ({nfun} fns)", args.paths, t_sim, t_fit, low, t_low, up,
+                 t_up))
 
     # --- neural stopping (Becker, Cheridito & Jentzen 2019)
     t0 = time.perf_counter()
