@@ -9,7 +9,9 @@
      real compute and are reported, not targeted.
 2. Per-sample early exit at batch 256 (eval mode): a rule that stops half of the samples at the
    middle exit (the state-mean median, calibrated on the batch) against running every sample to
-   full depth (target >= 1.3x), and against the ideal ratio from multiply-adds.
+   full depth (target >= 1.3x), and against the ideal ratio from multiply-adds; on the CIFAR
+   ResNet-18 (whose early, high-resolution blocks dominate CPU time) and on a residual MLP with
+   equal-cost blocks (where halfway in depth is halfway in time).
 
 Runs on CPU, and on CUDA too when it is available (synchronised timings).
 Run: `python benchmarks/bench_model_overhead.py` (`--quick` for a smoke run).
@@ -24,7 +26,6 @@ import time
 import torch
 from torch.nn import functional as F
 
-from odedepth.analysis import measure_latency
 from odedepth.models import create_model, early_exit
 from odedepth.stopping import StoppingRule
 
@@ -108,40 +109,81 @@ class HalfAtDepth(StoppingRule):
         return torch.where(at, s, torch.full_like(s, -1.0))
 
 
-def early_exit_speedup(dev, width, size, batch, repeats):
+def _interleaved(fns: dict, repeats: int, dev) -> dict:
+    """Median time of each callable, runs interleaved so that load drift hits all alike."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            f()
+            _sync(dev)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def early_exit_speedup(dev, name, model, plain, x, repeats):
+    model.to(dev).eval()
+    plain.to(dev).eval()
+    depths = model.exit_depths()
+    mid = depths[len(depths) // 2 - 1]  # the middle block
+    probe = HalfAtDepth(mid, threshold=float("inf"))
+    with torch.no_grad():
+        early_exit(model, x, probe)
+    half = HalfAtDepth(mid, threshold=float(probe.seen.median()))
+    everyone = HalfAtDepth(mid, threshold=-float("inf"))
+    with torch.no_grad():
+        _, idx = early_exit(model, x, half)
+        frac = (torch.tensor(depths, device=dev)[idx] == mid).double().mean().item()
+        t = _interleaved({
+            "traj": lambda: model(x),
+            "plain": lambda: plain(x),
+            "half": lambda: early_exit(model, x, half),
+            "all_mid": lambda: early_exit(model, x, everyone),
+        }, repeats, dev)
+    costs = model.exit_costs(tuple(x.shape[1:]))
+    k_mid = depths.index(mid)
+    ideal = costs[-1] / (frac * costs[k_mid] + (1 - frac) * costs[-1])
+    print(f"\n[{dev}] per-sample early exit, {name}, batch {x.shape[0]}: {frac:.0%} of samples "
+          f"stop at block {mid} of {depths[-1]} ({costs[k_mid] / costs[-1]:.0%} of the MACs, "
+          f"{t['all_mid'] / t['traj']:.0%} of the full-depth time), median of {repeats} "
+          "interleaved runs:")
+    print("| run | ms | speed-up of early exit |")
+    print("|---|---|---|")
+    print(f"| full depth, all exits evaluated | {t['traj'] * 1e3:.2f} | {t['traj'] / t['half']:.2f}x |")
+    print(f"| full depth, plain model (no exits) | {t['plain'] * 1e3:.2f} | "
+          f"{t['plain'] / t['half']:.2f}x |")
+    print(f"| early exit with compaction (half stop at block {mid}) | {t['half'] * 1e3:.2f} | - |")
+    print(f"| everyone stops at block {mid} | {t['all_mid'] * 1e3:.2f} | |")
+    print(f"ideal speed-up from MACs: {ideal:.2f}x (target >= 1.3x vs full depth)")
+
+
+def resnet_case(dev, width, size, batch, repeats):
     torch.manual_seed(0)
-    m = create_model("resnet18", exits="per_block", num_classes=10, stem="cifar",
-                     channels=(width, 2 * width, 4 * width, 8 * width)).to(dev).eval()
-    plain = create_model("resnet18", num_classes=10, stem="cifar",
-                         channels=(width, 2 * width, 4 * width, 8 * width)).to(dev).eval()
+    common = dict(num_classes=10, stem="cifar", channels=(width, 2 * width, 4 * width, 8 * width))
+    m = create_model("resnet18", exits="per_block", **common)
+    plain = create_model("resnet18", **common)
     plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("exits")},
                           strict=False)
     x = torch.randn(batch, 3, size, size, device=dev)
-    depths = m.exit_depths()
-    mid = depths[len(depths) // 2 - 1]  # block 4 of 8
-    probe = HalfAtDepth(mid, threshold=float("inf"))
-    with torch.no_grad():
-        early_exit(m, x, probe)
-    rule = HalfAtDepth(mid, threshold=float(probe.seen.median()))
-    with torch.no_grad():
-        _, idx = early_exit(m, x, rule)
-    frac = (torch.tensor(depths, device=dev)[idx] == mid).double().mean().item()
-    costs = m.exit_costs((3, size, size))
-    k_mid = depths.index(mid)
-    ideal = costs[-1] / (frac * costs[k_mid] + (1 - frac) * costs[-1])
-    with torch.no_grad():
-        t_exit = measure_latency(lambda: early_exit(m, x, rule), warmup=3, repeats=repeats,
-                                 device=dev).median
-        t_traj = measure_latency(lambda: m(x), warmup=3, repeats=repeats, device=dev).median
-        t_plain = measure_latency(lambda: plain(x), warmup=3, repeats=repeats, device=dev).median
-    print(f"\n[{dev}] per-sample early exit, batch {batch}: {frac:.0%} of samples stop at block "
-          f"{mid} of {depths[-1]} ({costs[k_mid] / costs[-1]:.0%} of the MACs), median of {repeats}:")
-    print("| run | ms | speed-up of early exit |")
-    print("|---|---|---|")
-    print(f"| full depth, all exits evaluated | {t_traj * 1e3:.2f} | {t_traj / t_exit:.2f}x |")
-    print(f"| full depth, plain model (no exits) | {t_plain * 1e3:.2f} | {t_plain / t_exit:.2f}x |")
-    print(f"| early exit with compaction | {t_exit * 1e3:.2f} | - |")
-    print(f"ideal speed-up from MACs: {ideal:.2f}x (target >= 1.3x vs full depth)")
+    early_exit_speedup(dev, f"CIFAR ResNet-18 widths {width}x(1,2,4,8) {size}x{size}", m, plain, x,
+                       repeats)
+
+
+def mlp_case(dev, dim, blocks, batch, repeats):
+    # Equal-cost blocks: "halfway" in depth is halfway in time, which isolates the cost of the
+    # exit heads, the rule and the compaction.
+    torch.manual_seed(0)
+    common = dict(dim=dim, hidden=2 * dim, layers=(blocks,), in_chans=dim, num_classes=10)
+    m = create_model("resmlp", exits="per_block", **common)
+    plain = create_model("resmlp", **common)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("exits")},
+                          strict=False)
+    x = torch.randn(batch, dim, device=dev)
+    early_exit_speedup(dev, f"residual MLP {blocks} blocks dim {dim} hidden {2 * dim}", m, plain,
+                       x, repeats)
 
 
 def main():
@@ -155,10 +197,12 @@ def main():
         gpu = dev.type == "cuda"
         if args.quick:
             training_overhead(dev, 8, 16, 16, 5)
-            early_exit_speedup(dev, 8, 16, 256, 5)
+            resnet_case(dev, 8, 16, 256, 3)
+            mlp_case(dev, 64, 8, 256, 3)
         else:
             training_overhead(dev, 64 if gpu else 16, 32, 128 if gpu else 32, 50 if gpu else 30)
-            early_exit_speedup(dev, 64 if gpu else 16, 32, 256, 50 if gpu else 20)
+            resnet_case(dev, 64 if gpu else 16, 32, 256, 50 if gpu else 15)
+            mlp_case(dev, 1024 if gpu else 512, 8, 256, 50 if gpu else 15)
 
 
 if __name__ == "__main__":
