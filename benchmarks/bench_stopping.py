@@ -118,7 +118,8 @@ def main(argv=None):
     up = st.dual_upper_bound(fit.policy, gbm, reward, n_outer=args.outer, n_inner=args.inner,
                              generator=g, features_fn=features)
     t_up = time.perf_counter() - t0
-    log(f"  LSM: simulate {t_sim:.2f} s, fit {t_fit:.2f} s, lower {t_low:.2f} s, upper {t_up:.2f} s")
+    log(f"  LSM: simulate {t_sim:.2f} s, fit {t_fit:.2f} s, lower {t_low:.2f} s, "
+        f"upper {t_up:.2f} s")
     nfun = {"poly2": 28, "poly3": 84}[args.basis]
     rows.append((f"LSM {args.basis} ({nfun} fns)", args.paths, t_sim, t_fit, low, t_low, up,
                  t_up))

@@ -3,7 +3,8 @@
 Known answers (../shared/REFERENCES.md and the cited papers):
 - secretary problem: n = 10 -> 0.398690 (skip 3), n = 100 -> 0.371043 (skip 37);
 - die game, n = 1..6 rolls: 3.5, 4.25, 14/3, 4.944444, 5.129630, 5.274691;
-- Brownian motion with linear cost c: sup E[|B_tau| - c tau] = 1/(4c), tau = exit of (-1/(2c), 1/(2c));
+- Brownian motion with linear cost c: sup E[|B_tau| - c tau] = 1/(4c), tau = exit of
+  (-1/(2c), 1/(2c));
 - American put on QuantLib's CRR tree (BinomialVanillaEngine "crr", same steps);
 - Longstaff & Schwartz (2001) Table 1, S = 36, K = 40, r = 0.06, sigma = 0.2, T = 1, 50 dates per
   year: simulated 4.472 (s.e. 0.010), finite difference 4.478.
@@ -77,7 +78,7 @@ def test_brownian_linear_cost(c):
     assert not stop0[40 - a_steps + 1: 40 + a_steps].any()
 
 
-def ql_american(S, K, r, sig, T, n, q=0.0, kind="put"):
+def ql_american(S, K, r, sig, T, n, q=0.0, kind="put", european=False):
     today = ql.Date(15, 1, 2025)
     ql.Settings.instance().evaluationDate = today
     dc = ql.Actual365Fixed()
@@ -87,8 +88,9 @@ def ql_american(S, K, r, sig, T, n, q=0.0, kind="put"):
         ql.YieldTermStructureHandle(ql.FlatForward(today, r, dc)),
         ql.BlackVolTermStructureHandle(ql.BlackConstantVol(today, ql.NullCalendar(), sig, dc)))
     typ = ql.Option.Put if kind == "put" else ql.Option.Call
-    opt = ql.VanillaOption(ql.PlainVanillaPayoff(typ, K),
-                           ql.AmericanExercise(today, today + int(round(365 * T))))
+    mat = today + int(round(365 * T))
+    ex = ql.EuropeanExercise(mat) if european else ql.AmericanExercise(today, mat)
+    opt = ql.VanillaOption(ql.PlainVanillaPayoff(typ, K), ex)
     opt.setPricingEngine(ql.BinomialVanillaEngine(proc, "crr", n))
     return opt.NPV()
 
@@ -103,6 +105,20 @@ def test_crr_lattice_vs_quantlib(S, K, r, sig, T, q, kind):
     lat = st.crr_lattice(S, K, r, sig, T, n, kind=kind, dividend=q, probability="drift")
     ours = st.backward_induction(lat.expect, lat.rewards).value
     assert ours == pytest.approx(ql_american(S, K, r, sig, T, n, q, kind), abs=1e-10)
+
+
+def test_bermudan_with_only_maturity_is_european():
+    # exercise only at maturity: the lattice value is the European one; it matches QuantLib's
+    # CRR European to round-off and the Black-Scholes formula to the lattice error O(1/n)
+    S, K_, r, sig, T_, n = 36.0, 40.0, 0.06, 0.2, 1.0, 2000
+    lat = st.crr_lattice(S, K_, r, sig, T_, n, probability="drift", exercise_steps=[])
+    ours = st.backward_induction(lat.expect, lat.rewards).value
+    assert ours == pytest.approx(ql_american(S, K_, r, sig, T_, n, european=True), abs=1e-10)
+    d1 = (math.log(S / K_) + (r + sig**2 / 2) * T_) / (sig * math.sqrt(T_))
+    d2 = d1 - sig * math.sqrt(T_)
+    N = lambda x: 0.5 * math.erfc(-x / math.sqrt(2))  # noqa: E731
+    bs = K_ * math.exp(-r * T_) * N(-d2) - S * N(-d1)
+    assert ours == pytest.approx(bs, abs=2e-3)
 
 
 # ----------------------------------------------------------------------------- American put
@@ -276,6 +292,9 @@ def test_depth_like_deterministic_loss_curves():
     assert torch.all(best >= rewards.max(dim=1).values - 1e-12)      # the closed form is optimal
     # feature: the current loss (deterministic dynamics, so it is Markov)
     fit = st.longstaff_schwartz(loss[:, :, None], rewards, basis="poly3")
+    fit_fn = st.longstaff_schwartz(loss[:, :, None], reward_fn=lambda f: -f[..., 0] - c * t,
+                                   basis="poly3")
+    assert fit_fn.value == pytest.approx(float(best.mean()), abs=2e-4)
     hit = (fit.stop_index == t_star).double().mean()
     assert hit >= 0.97
     assert fit.value == pytest.approx(float(best.mean()), abs=2e-4)

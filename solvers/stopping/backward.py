@@ -56,8 +56,8 @@ class BackwardInductionResult:
 
     - `value`: optimal value at time 0 from the initial state (or distribution).
     - `values`: list of `(S_t,)` optimal values per state and time.
-    - `continuation`: list of `(S_t,)` values of going on optimally (`-inf`... never: at the last
-      time it is `-inf` by convention, since going on is impossible).
+    - `continuation`: list of `(S_t,)` values of going on optimally (`-inf` at the last time, by
+      convention, since going on is impossible there).
     - `stop`: list of `(S_t,)` boolean stopping regions (`reward >= continuation`).
     - `policy`: a :class:`ChainPolicy` applying the regions to simulated state paths.
     """
@@ -128,9 +128,9 @@ def backward_induction(transition, rewards, initial=None) -> BackwardInductionRe
                                  f"({rew[i].numel()}, {rew[i + 1].numel()}) to match the rewards, "
                                  f"got {tuple(P.shape)}")
             Pd = P.to_dense() if P.is_sparse else P
+            ones = torch.ones(Pd.shape[0], dtype=torch.float64, device=Pd.device)
             if not torch.isfinite(Pd).all() or (Pd < 0).any() or not torch.allclose(
-                    Pd.sum(1).double(), torch.ones(Pd.shape[0], dtype=torch.float64, device=Pd.device),
-                    atol=1e-9):
+                    Pd.sum(1).double(), ones, atol=1e-9):
                 raise ValueError(f"{who}: transition[{i}] rows must be probability "
                                  "distributions (non-negative, summing to 1)")
         mats = [P.to(torch.float64) for P in mats]

@@ -70,7 +70,8 @@ def _check_common(policy, simulator, reward_fn, who):
 def dual_upper_bound(policy: StoppingPolicy, simulator: PathSimulator, reward_fn: Callable,
                      n_outer: int = 1000, n_inner: int = 500,
                      generator: torch.Generator | None = None, observe_rewards: bool = True,
-                     features_fn: Callable | None = None, max_inner_paths: int = 2_000_000, level: float = 0.95) -> Estimate:
+                     features_fn: Callable | None = None, max_inner_paths: int = 2_000_000,
+                     level: float = 0.95) -> Estimate:
     """Andersen--Broadie upper bound on the optimal value, with a confidence interval.
 
     **Arguments:**
@@ -112,7 +113,8 @@ def dual_upper_bound(policy: StoppingPolicy, simulator: PathSimulator, reward_fn
             st = outer[a: a + chunk, t]
             inner = simulator.sample_from(t, st, n_inner, generator=generator)
             Zi = _rewards(reward_fn, inner, who)
-            idx = policy.stop_index(_features(features_fn, inner, who), Zi if observe_rewards else None, start=t + 1)
+            idx = policy.stop_index(_features(features_fn, inner, who),
+                                    Zi if observe_rewards else None, start=t + 1)
             got = Zi.gather(1, idx.unsqueeze(1)).squeeze(1)
             Q[a: a + chunk, t] = got.reshape(st.shape[0], n_inner).mean(dim=1)
     L = torch.where(stop[:, 1:], Z[:, 1:], torch.cat([Q[:, 1:], Z[:, -1:]], dim=1)) if T > 1 \

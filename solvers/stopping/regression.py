@@ -140,7 +140,7 @@ class RegressionPolicy(StoppingPolicy):
         return self._fitted(t, x)[:, 0]
 
     def reward_estimate(self, time_index: int, features_t: Tensor) -> Tensor:
-        """`(n,)` regression estimate of the reward of stopping at `time_index` (before the last)."""
+        """`(n,)` regression estimate of the reward of stopping at `time_index` (< last time)."""
         t = self._check_time(time_index)
         if t == self.n_times - 1:
             raise ValueError("RegressionPolicy.reward_estimate: no regression at the last time")
