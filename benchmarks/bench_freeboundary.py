@@ -146,7 +146,7 @@ def throughput(args):
     S, K, r, vol = u(70, 130), u(80, 120), u(0.01, 0.08), u(0.1, 0.5)
     days = torch.randint(90, 731, (n,), generator=g)
     T = days.double() / 365.0
-    width = torch.clamp(4.0 * vol * T.sqrt() + r * T, min=0.5)  # covers the spots drawn
+    width = torch.clamp(4.0 * vol * T.sqrt() + r * T, min=0.6)  # |ln(S/K)| <= ln(120/70) < 0.6
 
     def run():
         p = fb.black_scholes("put", K, r, vol, T, width=width)

@@ -70,12 +70,15 @@ def matvec(l: Tensor, d: Tensor, u: Tensor, v: Tensor) -> Tensor:
     return out
 
 
-def ul_factor(l: Tensor, d: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def ul_factor(l: Tensor, d: Tensor, u: Tensor, *,
+              out: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Factor M = U L eliminating from the last row upwards (UL, not LU).
 
     Eliminating upwards leaves a lower bidiagonal system solved from the first row downwards;
     that forward substitution is where Brennan–Schwartz projects on the obstacle, which is why
     a put (exercise at the left end) uses UL. A call is the mirror image (see :func:`solve`).
+
+    **Arguments:** the matrix `l, d, u` `(n, B)`; `out`: optional arrays to fill (reused memory).
 
     **Returns:** `(neg_m, inv_dd, a)`: the multipliers (negated), the inverse pivots and the
     scaled sub-diagonal `a_i = -l_i / dd_i`; each `(n, B)`.
@@ -97,8 +100,10 @@ def ul_factor(l: Tensor, d: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         a = -l * inv
         a[0] = 0.0
         return neg_m, inv, a
-    dd = torch.empty_like(d)
-    neg_m = torch.empty_like(d)
+    if out is not None:
+        neg_m, dd, a = out
+    else:
+        neg_m, dd, a = torch.empty_like(d), torch.empty_like(d), torch.empty_like(d)
     neg_m[n - 1] = 0.0
     dd[n - 1] = d[n - 1]
     for i in range(n - 2, -1, -1):  # in place, no temporaries: large batches are memory bound
@@ -108,7 +113,7 @@ def ul_factor(l: Tensor, d: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if not bool((dd != 0).all()):
         raise ZeroDivisionError("singular tridiagonal matrix (zero pivot)")
     inv = dd.reciprocal_()
-    a = torch.mul(l, inv).neg_()
+    torch.mul(l, inv, out=a).neg_()
     a[0] = 0.0
     return neg_m, inv, a
 

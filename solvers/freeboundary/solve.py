@@ -413,31 +413,52 @@ def solve(problem: ObstacleProblem, nx: int = 800, nt: int = 200, lcp: str = "br
         return op_cache[key]
 
     mat_cache: dict = {}
+    spare: list[dict] = []  # buffers of evicted entries, refilled in place (no page faults)
+
+    def buf(name: str, like: Tensor, pool: dict) -> Tensor:
+        t = pool.get(name)
+        return t if t is not None and t.shape == like.shape else torch.empty_like(like)
 
     def matrices(sa: float, sb: float, th: float, dt: float) -> dict:
         """Implicit matrix I - θΔA(sb), explicit I + (1-θ)ΔA(sa) and the source term."""
         key = (0.0 if problem.stationary else (sa, sb), th, dt)
         if key in mat_cache:
             return mat_cache[key]
-        if len(mat_cache) > 6:
-            mat_cache.pop(next(iter(mat_cache)))
+        # Step sizes are visited in runs (graded grids, Rannacher), so two cached entries suffice;
+        # an evicted entry's arrays are reused for the next one.
+        if len(mat_cache) >= 2:
+            old = mat_cache.pop(next(iter(mat_cache)))
+            pool = dict(old)
+            if "ul" in old:
+                pool.update(zip(("nm", "inv", "a"), old["ul"]))
+            spare.append(pool)
+        pool = spare.pop() if spare else {}
         ob = operator(sb)
-        e = {"l": (-th * dt) * ob.l, "d": 1.0 - (th * dt) * ob.d, "u": (-th * dt) * ob.u,
-             "cl": (th * dt) * ob.l[0], "cu": (th * dt) * ob.u[-1], "op": ob}
+        c_i = th * dt
+        e = {"l": torch.mul(ob.l, -c_i, out=buf("l", ob.l, pool)),
+             "d": torch.mul(ob.d, -c_i, out=buf("d", ob.d, pool)).add_(1.0),
+             "u": torch.mul(ob.u, -c_i, out=buf("u", ob.u, pool)),
+             "cl": c_i * ob.l[0], "cu": c_i * ob.u[-1], "op": ob, "pool": pool}
         if th < 1.0:
             oa = operator(sa)
             c = (1.0 - th) * dt
-            e["el"], e["ed"], e["eu"] = c * oa.l, 1.0 + c * oa.d, c * oa.u
-            e["f"] = (th * dt) * ob.f + c * oa.f if has_running else None
+            e["el"] = torch.mul(oa.l, c, out=buf("el", oa.l, pool))
+            e["ed"] = torch.mul(oa.d, c, out=buf("ed", oa.d, pool)).add_(1.0)
+            e["eu"] = torch.mul(oa.u, c, out=buf("eu", oa.u, pool))
+            e["f"] = c_i * ob.f + c * oa.f if has_running else None
         else:
-            e["f"] = (th * dt) * ob.f if has_running else None
+            e["f"] = c_i * ob.f if has_running else None
         mat_cache[key] = e
         return e
 
     def factors(e: dict):
         if "ul" not in e:
             lo, up = orient_lu(e["l"], e["u"])
-            e["ul"] = _lcp.ul_factor(lo, orient(e["d"]), up)
+            pool = e.pop("pool", {})
+            out = tuple(pool.get(k) for k in ("nm", "inv", "a"))
+            e["ul"] = _lcp.ul_factor(lo, orient(e["d"]), up,
+                                     out=out if all(t is not None and t.shape == lo.shape
+                                                    for t in out) else None)
         return e["ul"]
 
     def boundary_values(t: Tensor):
