@@ -27,8 +27,11 @@ parameter components get a huge ``atol`` (their scaled error is ~0), and the tol
 other components are multiplied by ``sqrt(2 d / (2 d + p))`` so that the RMS over all components
 equals the RMS over the ``2 d`` controlled ones.
 
-Not supported (documented limitations): gradients with respect to ``t_span`` and ``t_eval`` (they
-are treated as constants), gradients with respect to tensors in ``args``, events
+Gradients with respect to tensor ``t_span`` entries (0-dim or ``(batch,)``) are
+``dL/dt1 = dL/dy(t1) . f(t1, y(t1))`` and ``dL/dt0 = -a(t0) . f(t0, y0)``.
+
+Not supported (documented limitations): gradients with respect to ``t_eval`` (treated as
+constants), gradients with respect to tensors in ``args``, events
 (``NotImplementedError``), dense output. Gradients of samples that failed in the forward pass
 (``throw=False``) are meaningless.
 """
@@ -120,7 +123,10 @@ def solve_adjoint(
         backward_kwargs={k: v for k, v in rest.items() if k != "first_step"},
         opts=opts,
     )
-    outputs = _BacksolveFunction.apply(spec, y0, *opts["params"])
+    if not isinstance(t_span, (tuple, list)) or len(t_span) != 2:
+        raise ValueError("solve_adjoint: t_span must be a pair (t0, t1)")
+    t0, t1 = (t if isinstance(t, Tensor) else None for t in t_span)
+    outputs = _BacksolveFunction.apply(spec, y0, t0, t1, *opts["params"])
     sol = spec.solution
     y = outputs[0]
     ys = outputs[1] if len(outputs) > 1 else sol.ys
@@ -203,14 +209,14 @@ def _with_outputs(sol, y, ys, stats):
 
 class _BacksolveFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec: _Spec, y0: Tensor, *params: Tensor):
+    def forward(ctx, spec: _Spec, y0: Tensor, t0, t1, *params: Tensor):
         # Autograd is off inside Function.forward: the forward solve records no graph.
         t_span = tuple(t.detach() if isinstance(t, Tensor) else t for t in spec.t_span)
         sol = spec.solve(spec.f, y0.detach(), t_span, t_eval=spec.t_eval, args=spec.args,
                          adjoint=False, **spec.forward_kwargs)
         spec.solution = sol
         ctx.spec = spec
-        ctx.y0_shape = y0.shape
+        ctx.t_shapes = (None if t0 is None else t0.shape, None if t1 is None else t1.shape)
         if sol.ys is not None:
             return sol.y.clone(), sol.ys.clone()
         return (sol.y.clone(),)
@@ -222,7 +228,21 @@ class _BacksolveFunction(torch.autograd.Function):
         # ctx.spec is kept (not released) so that backward can run twice with retain_graph
         # (gradcheck does).
         grad_y0, grad_params = _backsolve(spec, grad_y, grad_ys[0] if grad_ys else None)
-        return (None, grad_y0, *[g.to(p.dtype) for g, p in zip(grad_params, params)])
+        grad_t0 = grad_t1 = None
+        if ctx.needs_input_grad[2]:
+            # dL/dt0 = -a(t0) . f(t0, y0): moving the start moves the whole trajectory.
+            f0 = _eval_field(spec, _per_sample(spec.t_span[0], grad_y0.shape[0], grad_y0),
+                             spec.y0.detach())
+            grad_t0 = _reduce_time_grad(-(grad_y0 * f0).flatten(1).sum(1), spec.t_span[0])
+        if ctx.needs_input_grad[3] and grad_y is not None:
+            # dL/dt1 = dL/dy(t1) . f(t1, y(t1)) for samples that reached t1.
+            sol = spec.solution
+            f1 = _eval_field(spec, sol.t.detach(), sol.y.detach())
+            g1 = (grad_y * f1).flatten(1).sum(1)
+            g1 = torch.where(sol.status.to(g1.device) == 0, g1, torch.zeros_like(g1))
+            grad_t1 = _reduce_time_grad(g1, spec.t_span[1])
+        return (None, grad_y0, grad_t0, grad_t1,
+                *[g.to(p.dtype) for g, p in zip(grad_params, params)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,6 +354,18 @@ def _backsolve(spec: _Spec, grad_y, grad_ys):
         grad_params.append(total[offset: offset + p.numel()].reshape(p.shape))
         offset += p.numel()
     return a.to(spec.y0.dtype), grad_params
+
+
+def _eval_field(spec: _Spec, t: Tensor, y: Tensor) -> Tensor:
+    with torch.no_grad():
+        out = spec.f(t, y) if spec.args is None else spec.f(t, y, spec.args)
+    return out.detach().to(y.dtype)
+
+
+def _reduce_time_grad(g: Tensor, t: Tensor) -> Tensor:
+    """Per-sample time gradient -> the shape of the time argument (0-dim: summed)."""
+    g = g.to(t.dtype)
+    return g.sum() if t.dim() == 0 else g.reshape(t.shape)
 
 
 def _gather_args(args, idx):
