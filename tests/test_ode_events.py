@@ -228,3 +228,14 @@ def test_event_time_is_batch_independent(x0, v0, pick):
     x = torch.tensor(x0, dtype=D)
     exact = (v0 + torch.sqrt(v0 ** 2 + 2 * G * x)) / G
     torch.testing.assert_close(sol.t, exact, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8"])
+def test_event_float32_every_adaptive_method(method):
+    # float32 and every adaptive method's own dense output: t* = sqrt(2 x0 / g).
+    x0 = torch.tensor([10.0, 2.0, 0.5])
+    y0 = torch.stack([x0, torch.zeros_like(x0)], 1)
+    sol = ode.solve(ball, y0, (0.0, 10.0), event=ode.Event(ground, direction=-1),
+                    method=method, rtol=1e-6, atol=1e-6)
+    assert sol.t.dtype == torch.float32 and (sol.status == 1).all()
+    torch.testing.assert_close(sol.t, torch.sqrt(2 * x0 / G), rtol=2e-6, atol=2e-6)
