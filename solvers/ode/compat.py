@@ -344,10 +344,13 @@ def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6,
     """
     import torchdiffeq
 
-    bad = {k: v for k, v in unsupported.items()
-           if v not in (None, False) and k not in ("compact", "dt_min", "dt_max", "controller")}
+    # Options of solve() that only tune our own loop are ignored; anything that changes the
+    # problem (events, dense output, ...) is refused.
+    bad = sorted(k for k, v in unsupported.items()
+                 if v is not None and v is not False
+                 and k not in ("compact", "dt_min", "dt_max", "controller", "adjoint_options"))
     if bad:
-        raise ValueError(f"solve_with_torchdiffeq: options {sorted(bad)} have no torchdiffeq "
+        raise ValueError(f"solve_with_torchdiffeq: options {bad} have no torchdiffeq "
                          "equivalent")
     if not isinstance(y0, Tensor) or y0.dim() < 1:
         raise ValueError("solve_with_torchdiffeq: y0 must be a (batch, *state) tensor")
