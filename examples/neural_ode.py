@@ -24,7 +24,8 @@ def main():
     args = parser.parse_args()
 
     field = NeuralField(dim=8, hidden=64, seed=0)
-    y0 = torch.randn(16, 8, dtype=torch.float64, requires_grad=True)
+    y0 = torch.randn(16, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64,
+                     requires_grad=True)
     t1 = torch.linspace(0.5, 2.0, 16, dtype=torch.float64)  # per-sample horizons
 
     grads = {}
