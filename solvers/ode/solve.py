@@ -786,6 +786,8 @@ def _ift(fcall, gcall, t_root, y_root, a_s, grad_on):
         tt = t_root.detach().requires_grad_(True)
         yy = y_root.detach().requires_grad_(True)
         gg = gcall(tt, yy, tuple(a.detach() for a in a_s))
+        if not gg.requires_grad:  # fn is not differentiable in (t, y): no IFT gradient
+            return t_root.detach(), y_root
         gt, gy = torch.autograd.grad(gg.sum(), (tt, yy), allow_unused=True)
     with torch.no_grad():
         fstar = fcall(tt.detach(), yy.detach(), a_s)
