@@ -379,12 +379,13 @@ def _integrate(p, dense_output, compact):
     def record(sel, t_sel, y_sel, status, steps, nacc_sel):
         if p.t1_grad is not None:  # f at the final point (used for SUCCESS rows only)
             rec_f.append(k1.detach().index_select(0, sel))
-        rec_idx.append(idx[sel])
+        ids = idx[sel]
+        rec_idx.append(ids)
         rec_t.append(t_sel)
         rec_y.append(y_sel)
         rec_status.append(status if isinstance(status, torch.Tensor)
-                          else torch.full_like(idx[sel], int(status)))
-        rec_steps.append(torch.full_like(idx[sel], steps))
+                          else torch.full_like(ids, int(status)))
+        rec_steps.append(torch.full_like(ids, steps))
         rec_acc.append(nacc_sel)
 
     # First stage at t0 (carried from step to step afterwards); also validates f's output.
@@ -417,20 +418,21 @@ def _integrate(p, dense_output, compact):
             with torch.no_grad():
                 scale = atol + torch.as_tensor(rtol) * y.abs() if not isinstance(rtol, float) \
                     else atol + rtol * y.abs()
+                # Hairer, Norsett & Wanner I, II.4 ("starting step size"), per sample.
                 d0, d1 = rms(y / scale), rms(k1 / scale)
-                h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6),
-                                 0.01 * d0 / d1)
-                h0 = torch.minimum(h0, (t1 - t).abs())
-                hb0 = (h0 * direction).reshape(-1, *ones)
-                f1 = fcall(t + h0 * direction, y + hb0 * k1, argsa)
+                h0 = torch.where(torch.minimum(d0, d1) < 1e-5, 1e-6, 0.01 * d0 / d1)
+                span = (t1 - t).abs()
+                h0 = torch.minimum(h0, span)
+                hd0 = h0 * direction
+                f1 = fcall(t + hd0, torch.addcmul(y, hd0.reshape(-1, *ones), k1), argsa)
                 d2 = rms((f1 - k1) / scale) / h0
                 dm = torch.maximum(d1, d2)
                 h1 = torch.where(dm <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
                                  lane_pow(0.01 / dm, 1.0 / (q + 1)))
                 hh = torch.minimum(100 * h0, h1)
                 # A non-finite f at t0 (NaN sample) must not poison h: start small, let the
-                # step-rejection logic shrink it to the failure floor.
-                hh = torch.where(torch.isfinite(hh), hh, 1e-6 * (t1 - t).abs())
+                # step-rejection logic shrink it to the failure floor. (NaN < inf is False.)
+                hh = torch.where(hh < math.inf, hh, 1e-6 * span)
                 h = hh * direction
             nfe_init += 1
         if p.dt_max < math.inf:
