@@ -85,15 +85,16 @@ def illinois(gfun, g_lo, g_hi, tol_theta, max_iter: int = 100):
     done = g_hi == 0  # the full step is wider than any tolerance
     kept_a = torch.zeros_like(done)  # Illinois: the a end was kept in the last update
     kept_b = torch.zeros_like(done)
+    # Invariant: a <= b (every new point lies inside [a, b] and replaces the end whose
+    # sign it shares), and on rows not done ga, gb have strictly opposite signs.
     for _ in range(max_iter):
-        denom = gb - ga
-        c = torch.where(denom != 0, (a * gb - b * ga) / denom, 0.5 * (a + b))
+        width = b - a
+        c = a - ga * width / (gb - ga)  # regula falsi (rows already done may give NaN)
         # Stay at least tol inside the bracket: when regula falsi lands (numerically) on an
         # end, the next evaluation tol away from it closes the bracket to width tol instead
         # of creeping towards the root (which made e.g. linear g take ~50 iterations).
-        lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-        margin = torch.minimum(tol_theta, 0.5 * (hi - lo))
-        c = torch.minimum(torch.maximum(c, lo + margin), hi - margin)
+        margin = torch.minimum(tol_theta, 0.5 * width)
+        c = torch.minimum(torch.maximum(c, a + margin), b - margin)
         gc = gfun(c)
         # c has fired when g(c) has the sign of the fired end, or is zero.
         fired = torch.sign(gc) * sb >= 0
@@ -105,7 +106,8 @@ def illinois(gfun, g_lo, g_hi, tol_theta, max_iter: int = 100):
         ga = torch.where(fb & kept_a, 0.5 * ga, ga)
         gb = torch.where(fa & kept_b, 0.5 * gb, gb)
         kept_a, kept_b = torch.where(upd, fb, kept_a), torch.where(upd, fa, kept_b)
-        done = done | ((b - a).abs() <= tol_theta) | (gc == 0)
+        # NaN from the event function: stop at the last fired point rather than spin.
+        done = done | (b - a <= tol_theta) | (gc == 0) | torch.isnan(gc)
         if bool(done.all()):
             break
     return b
