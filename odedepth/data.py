@@ -59,13 +59,22 @@ def load_digits_split(seed: int = 0, test_size: float = 0.2, dtype=torch.float32
         raise ValueError(f"load_digits_split: seed must be an integer, got {seed!r}")
     try:
         from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
     except ImportError as err:  # pragma: no cover - the data extra is missing
         raise ImportError("load_digits_split needs scikit-learn: pip install 'odedepth[data]'") \
             from err
     x, y = load_digits(return_X_y=True)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, random_state=int(seed),
-                                              stratify=y)
+    # Stratified split: the same fraction of every class is held out (our own few lines, so
+    # that the demo does not pay for importing sklearn.model_selection).
+    rng = np.random.default_rng(int(seed))
+    test_idx = []
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        test_idx.append(members[: int(round(test_size * len(members)))])
+    test_mask = np.zeros(len(y), dtype=bool)
+    test_mask[np.concatenate(test_idx)] = True
+    train_idx = rng.permutation(np.flatnonzero(~test_mask))
+    test_all = rng.permutation(np.flatnonzero(test_mask))
+    x_tr, y_tr, x_te, y_te = x[train_idx], y[train_idx], x[test_all], y[test_all]
     mean = x_tr.mean(axis=0)
     std = x_tr.std(axis=0)
     std = np.where(std > 1e-8, std, 1.0)  # constant border pixels: keep them at zero

@@ -46,3 +46,28 @@ def test_demo_rejects_a_file_as_output_folder(tmp_path, capsys):
     assert "not a folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="seed"):
         run(tmp_path / "x", quick=True, seed=1.5)
+
+
+def test_digits_split_is_stratified_standardised_and_disjoint():
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    from odedepth.data import load_digits_split
+
+    d = load_digits_split(seed=3, test_size=0.2)
+    x, y = load_digits(return_X_y=True)
+    assert len(d.y_train) + len(d.y_test) == len(y) == 1797
+    counts = np.bincount(y)
+    test_counts = np.bincount(d.y_test.numpy(), minlength=10)
+    assert (np.abs(test_counts - 0.2 * counts) <= 0.5 + 1e-9).all()  # rounding only
+    assert torch.allclose(d.x_train.mean(0), torch.zeros(64), atol=1e-5)
+    std = d.x_train.std(0, unbiased=False)
+    assert torch.allclose(std[std > 0], torch.ones_like(std[std > 0]), atol=1e-4)
+    # undo the standardisation: every row is a row of scikit-learn's data set, none twice
+    raw = np.concatenate([(d.x_train * d.std + d.mean).numpy(), (d.x_test * d.std + d.mean).numpy()])
+    rows = {tuple(np.round(r).astype(int)) for r in raw}
+    assert np.allclose(raw, np.round(raw), atol=1e-3)
+    assert rows == {tuple(r.astype(int)) for r in x}
+    with pytest.raises(ValueError, match="test_size"):
+        load_digits_split(test_size=1.0)

@@ -67,10 +67,12 @@ class DemoConfig:
     atol: float = 1e-4
     eval_batch: int = 256
     repeats: int = 3          # wall-time repeats (median)
+    train_subset: int | None = None  # train on the first n training samples only (quick runs)
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        return cls(epochs=3, hazard_steps=6, event_steps=4, checkpoints=8, repeats=1)
+        return cls(epochs=2, hazard_steps=4, event_steps=3, checkpoints=8, repeats=1,
+                   train_subset=640)
 
 
 def build_model(cfg: DemoConfig, n_in: int = 64, n_classes: int = 10) -> ContinuousDepthClassifier:
@@ -253,7 +255,7 @@ def run(out="outputs/demo", quick: bool = False, seed: int = 0, config: DemoConf
     if quick and config is not None:
         q = DemoConfig.quick()
         cfg = replace(cfg, epochs=q.epochs, hazard_steps=q.hazard_steps,
-                      event_steps=q.event_steps, repeats=1)
+                      event_steps=q.event_steps, repeats=1, train_subset=q.train_subset)
     if cfg.epochs < 1 or cfg.cost < 0 or not cfg.t1 > 0:
         raise ValueError(f"demo: bad configuration {cfg}")
     # Tiny matrices: one thread per process avoids the (large) cost of thread synchronisation,
@@ -274,12 +276,15 @@ def _run(out, cfg: DemoConfig, seed: int, verbose: bool, tqdm) -> dict:
     gen = torch.Generator().manual_seed(seed)
     data = load_digits_split(seed)
     model = build_model(cfg, data.n_features, data.n_classes)
+    x_train, y_train = data.x_train, data.y_train
+    if cfg.train_subset is not None:
+        x_train, y_train = x_train[:cfg.train_subset], y_train[:cfg.train_subset]
     total = cfg.epochs + cfg.hazard_steps + 1 + cfg.event_steps + 6
     bar = tqdm(total=total, desc="odedepth demo", disable=not verbose, leave=False)
     bar.set_description("training flow")
-    train_flow(model, data.x_train, data.y_train, cfg, generator=gen, progress=bar)
+    train_flow(model, x_train, y_train, cfg, generator=gen, progress=bar)
     bar.set_description("fitting rules")
-    rules = fit_rules(model, data.x_train, data.y_train, cfg, generator=gen, progress=bar)
+    rules = fit_rules(model, x_train, y_train, cfg, generator=gen, progress=bar)
     train_s = time.perf_counter() - t_start
     model.eval()
     bar.set_description("evaluating")

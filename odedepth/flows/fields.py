@@ -102,10 +102,16 @@ class TimeLinear(nn.Module):
         if self.time == "concat":
             return torch.cat([x, t[:, None]], dim=1) @ self.weight[0] + self.bias[0]
         phi = self.basis(t)  # (batch, k)
-        # sum_i phi_i (x W_i + b_i): one (batch, in) @ (in, k*out) matmul, then a weighted sum.
+        b = x.shape[0]
+        if self.in_features <= self.out_features:
+            # sum_i phi_i x W_i = [phi_1 x, ..., phi_k x] @ [W_1; ...; W_k]: the elementwise work
+            # is on the (narrower) input side, then one (batch, k*in) @ (k*in, out) matmul.
+            xk = (phi[:, :, None] * x[:, None, :]).reshape(b, -1)
+            return xk @ self.weight.reshape(-1, self.out_features) + phi @ self.bias
+        # narrower output: one (batch, in) @ (in, k*out) matmul, then the weighted sum
         y = (x @ self.weight.permute(1, 0, 2).reshape(self.in_features, -1)).view(
-            x.shape[0], self.n, self.out_features)
-        return (phi[:, :, None] * (y + self.bias)).sum(dim=1)
+            b, self.n, self.out_features)
+        return (phi[:, :, None] * y).sum(dim=1) + phi @ self.bias
 
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "gelu": nn.GELU,
