@@ -122,10 +122,10 @@ def plot_accuracy_vs_depth(results: Mapping[str, Mapping[str, float]], *, curve=
             ckey = "tau" if key == "mean_tau" else "nfe"
             ax.plot(_np(curve[ckey]), 100 * _np(curve["accuracy"]), "-", color="0.6",
                     label="fixed horizon")
-        for name, r in results.items():
-            ax.plot(r[key], 100 * r["accuracy"], "o", label=name)
-            ax.annotate(name, (r[key], 100 * r["accuracy"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+        markers = "osD^vP*Xh"
+        for i, (name, r) in enumerate(results.items()):
+            ax.plot(r[key], 100 * r["accuracy"], markers[i % len(markers)], label=name,
+                    alpha=0.85)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
