@@ -722,8 +722,9 @@ def _integrate(p, dense_output, compact):
         t_out = t_out + shift
         y_out = y_out + f_out * shift.reshape(-1, *ones)
     per_step = s if not fsal else s - 1
+    # f rows evaluated for each sample (in compact mode: exactly; masked mode also evaluates
+    # finished samples, which is not counted).
     nfe = nfe_init + n_steps * per_step
-    nfe = torch.where(n_steps == 0, torch.ones_like(nfe), nfe)
     event_mask = torch.zeros(B, dtype=torch.bool, device=device)
     t_event = None
     if ev is not None:
