@@ -147,3 +147,12 @@ def test_time_dependent_rate_american_vs_quantlib():
     res = fb.solve(prob, nx=400, nt=100)
     crr = ql_crr("put", 100.0, K, r, 0.0, vol, 365, n=1000, richardson=False)
     assert res.value_at(100.0).item() == pytest.approx(crr, abs=1e-3)
+
+
+def test_mesh_centred_at_the_spot(put_reference):
+    # Concentrating the nodes at the spot instead of the strike: same answer to 1e-4.
+    _, ref = put_reference
+    p = fb.black_scholes("put", 40.0, 0.06, 0.2, 1.0, center=36.0)
+    res = fb.solve(p, nx=400, nt=100)
+    assert res.x[0, :].sub(math.log(36.0)).abs().min().item() < 1e-12  # the spot is a node
+    assert res.value_at(36.0).item() == pytest.approx(ref, abs=1e-4)

@@ -244,7 +244,7 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
                   dividend=0.0, exercise: str = "american",
                   exercise_dates: Sequence[float] | Tensor | None = None,
                   spot_range: tuple[float, float] | None = None,
-                  width: float | None = None) -> ObstacleProblem:
+                  width: float | None = None, center=None) -> ObstacleProblem:
     """Black–Scholes vanilla put or call (American, European or Bermudan) in x = ln S.
 
     Any numeric argument may be a `(B,)` tensor: the result is then a batch of B contracts.
@@ -259,6 +259,8 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
     - `spot_range`: `(S_min, S_max)` of the grid; default ln K ± w with
       w = max(5 sigma sqrt(T) + |r - q| T, 0.5) (or `width` if given) — wide enough that the
       far-field Dirichlet values below are accurate to far below 1e-6.
+    - `center`: spot where the mesh concentrates nodes (default the strike; e.g. the spot of
+      interest), number or `(B,)`.
 
     The far-field boundary values are the zero-volatility values over the remaining exercise
     opportunities (exact as S -> 0 or S -> infinity): for an American option
@@ -293,11 +295,11 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
         if bool((lo <= 0).any()) or bool((hi <= lo).any()):
             raise ValueError(f"spot_range must satisfy 0 < S_min < S_max, got {spot_range}")
         x_min, x_max = torch.log(lo), torch.log(hi)
-        center = torch.clamp(torch.log(K), x_min + 1e-9, x_max - 1e-9)
+        centre_k = torch.clamp(torch.log(K), x_min + 1e-9, x_max - 1e-9)
     else:
         w = torch.as_tensor(width, **f64) if width is not None else torch.clamp(
             5.0 * s * torch.sqrt(T) + (r - q).abs() * T, min=0.5)
-        x_min, x_max, center = torch.log(K) - w, torch.log(K) + w, torch.log(K)
+        x_min, x_max, centre_k = torch.log(K) - w, torch.log(K) + w, torch.log(K)
 
     def payoff(t, x):
         return torch.clamp(sign * (torch.exp(x) - _col(K, x)), min=0.0)
@@ -330,6 +332,13 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
                 out = torch.where(dj >= -1e-12, torch.maximum(out, fwd(dj.clamp(min=0.0))), out)
         return out
 
+    if center is None:
+        center = centre_k
+    else:
+        c = torch.as_tensor(center, **f64)
+        if bool((c <= 0).any()):
+            raise ValueError("center must be a positive spot")
+        center = torch.clamp(torch.log(c), x_min + 1e-9, x_max - 1e-9)
     drift, sig, disc = gbm_log_coefficients(r, s, q)
     return ObstacleProblem(payoff=payoff, x_min=x_min, x_max=x_max, maturity=T, drift=drift,
                            vol=sig, rate=disc, lower=far_value, upper=far_value,
