@@ -330,6 +330,7 @@ def _integrate(p, dense_output, compact):
     eps = torch.finfo(dtype).eps
     A = [list(r) for r in tab.a]
     C_col = torch.tensor(tab.c, dtype=dtype, device=device)[:, None]
+    c_last_is_one = tab.c[-1] == 1.0
     Bw = list(tab.b)
     Berr = list(tab.b_err) if tab.b_err is not None else None
     s, fsal, adaptive = tab.stages, tab.fsal, tab.adaptive and p.dt is None
@@ -548,7 +549,8 @@ def _integrate(p, dense_output, compact):
             if adaptive:
                 with torch.no_grad():
                     err = _lincomb_grad(Berr, ks) * hb
-        t_new = torch.where(last, t1, t + hs)
+        # t + hs is already the last stage time when that node is 1 (all methods but two).
+        t_new = torch.where(last, t1, tst[s - 1] if c_last_is_one else t + hs)
 
         if adaptive:
             with torch.no_grad():
