@@ -339,3 +339,21 @@ def test_configuration_sweep_and_latency_mode_restored():
     m = nn.Linear(3, 2)
     latency_table(m, (3,), batch_sizes=(2,), warmup=0, repeats=1)
     assert m.training
+
+
+@pytest.fixture(scope="module")
+def gated_vit_base():
+    models = pytest.importorskip("odedepth.models")
+    return models.create_model("vit_base", gated=True)
+
+
+@pytest.mark.parametrize("config,published", [("FFFF", 17.58), ("TTFF", 14.67), ("TTFT", 13.21),
+                                              ("TTTT", 11.76)])
+def test_gated_vit_base_macs_match_adn_table(gated_vit_base, config, published):
+    # ADN README (ViT-b/16-ADN, 224x224): FFFF/TTFF/TTFT/TTTT = 17.58/14.67/13.21/11.76 G (their
+    # counter also counts a few small ops, hence the tolerance). Their FFFT 16.20 is inconsistent
+    # with one skipped block of 1.454 G (it would be 16.13) and is not checked.
+    m = gated_vit_base.configure(config)
+    c = count_macs(m, (1, 3, 224, 224))
+    assert c.gmacs == pytest.approx(published, abs=0.025)
+    assert c.macs == m.macs((1, 3, 224, 224))

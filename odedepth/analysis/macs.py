@@ -126,8 +126,16 @@ def count_macs(
 def _count(model, input_shape, input, device, dtype, forward_kwargs) -> MacCount:
     shape = None if input_shape is None else tuple(input_shape)
     if device.type == "meta":
-        # Deep copy so that the caller's weights stay where they are.
-        run_model = copy.deepcopy(model).to(device)
+        # Copy the module structure with meta stand-ins for every parameter and buffer (given
+        # to deepcopy through its memo), so that the caller's weights are neither moved nor
+        # duplicated in memory.
+        memo: dict = {}
+        for prm in model.parameters():
+            memo[id(prm)] = nn.Parameter(torch.empty_like(prm, device="meta"),
+                                         requires_grad=prm.requires_grad)
+        for buf in model.buffers():
+            memo[id(buf)] = torch.empty_like(buf, device="meta")
+        run_model = copy.deepcopy(model, memo).to(device)
     else:
         run_model = model
     if input_shape is not None:
