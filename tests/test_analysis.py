@@ -278,6 +278,15 @@ def test_gated_resnet50_macs_table(gated_resnet50, config):
     assert c.macs == m.macs((1, 3, 224, 224))
 
 
+def test_resnet101_full_and_adn_base():
+    # seeds_spec 3.9 (analytic conv + fc count): ResNet-101 7.801 G, ADN-rule base 4.526 G.
+    models = pytest.importorskip("odedepth.models")
+    m = models.create_model("resnet101", gated=True)
+    assert m.skippable_counts() == [1, 2, 11, 1]
+    assert count_macs(m.configure("FFFF"), (1, 3, 224, 224)).gmacs == pytest.approx(7.801, abs=0.0015)
+    assert count_macs(m.configure("TTTT"), (1, 3, 224, 224)).gmacs == pytest.approx(4.526, abs=0.0015)
+
+
 def test_plain_resnet50_from_registry():
     models = pytest.importorskip("odedepth.models")
     m = models.create_model("resnet50")

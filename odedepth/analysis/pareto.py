@@ -134,10 +134,7 @@ def plot_pareto(series: dict[str, Sequence[ParetoPoint]], ax=None, *, frontier: 
 
     **Returns:** the matplotlib axis.
     """
-    import matplotlib
-
     if ax is None:
-        matplotlib.use(matplotlib.get_backend())
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(6, 4))
