@@ -8,9 +8,13 @@ reward of its relaxed decision,
 where `c_{t+1}` is the realised reward of the hard decisions `f_s = 1{F_s >= 1/2}` already fitted
 for `s > t` (the "cash flow", as in Longstaff--Schwartz, but with the decision itself learned
 instead of a continuation value). Then `f_t` replaces `F_t` and training moves to `t - 1`. We use
-one network per time step, as the paper does, each initialised from the weights of the network of
-the next time (the paper's warm start, which makes later fits short). The decision depends on the
-features only: include the reward among the features if it is observable.
+one network per time step, as the paper does. The paper initialises each network from the one of
+the next time; that is `warm_start=True` here, but not the default: when nearly every path stops
+at the later times (typical of depth, where late layers gain little) the copied sigmoid is
+saturated, its gradients vanish and the earlier decisions stay stuck at "stop" (we saw every path
+stop at time 0 on the diminishing-returns test problem). By default each time gets a fresh,
+seeded initialisation. The decision depends on the features only: include the reward among the
+features if it is observable.
 
 Reference: S. Becker, P. Cheridito, A. Jentzen, "Deep optimal stopping", J. Machine Learning
 Research 20 (2019) 1--25.
@@ -83,7 +87,8 @@ class NeuralPolicy(StoppingPolicy):
 
 def neural(features: Tensor, rewards: Tensor | None = None, *, reward_fn: Callable | None = None,
            hidden: int | None = None, layers: int = 2, epochs: int = 10, batch_size: int = 4096,
-           lr: float = 1e-3, seed: int = 0, dtype=torch.float32) -> StoppingFit:
+           lr: float = 1e-3, seed: int = 0, warm_start: bool = False,
+           dtype=torch.float32) -> StoppingFit:
     """Fit neural stopping decisions backward in time (Becker, Cheridito & Jentzen 2019).
 
     **Arguments:**
@@ -95,6 +100,8 @@ def neural(features: Tensor, rewards: Tensor | None = None, *, reward_fn: Callab
     - `epochs`: passes over the paths for the network of each time (the network of time `t` is
       initialised from that of `t + 1`); `batch_size`; `lr` (Adam).
     - `seed`: seeds initialisation and shuffling (the global RNG is left untouched).
+    - `warm_start`: initialise each network from the next time's (the paper's choice; faster,
+      but can get stuck when the next decision is saturated, see the module docstring).
     - `dtype`: dtype of the networks.
 
     **Returns:** :class:`StoppingFit` with in-sample `value` and `stop_index` and a
@@ -133,7 +140,12 @@ def neural(features: Tensor, rewards: Tensor | None = None, *, reward_fn: Callab
             const[t] = stop_const
             stop = torch.full((n,), stop_const, dtype=torch.bool, device=dev)
         else:
-            net = copy.deepcopy(net)
+            if warm_start:
+                net = copy.deepcopy(net)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed + 1 + t)
+                    net = _mlp(k, hidden, layers).to(device=dev, dtype=dtype)
             opt = torch.optim.Adam(net.parameters(), lr=lr)
             z = (x[:, t] - shift[t]) / scale[t]
             gain = (r[:, t] - cash).to(dtype)   # reward of stopping minus that of going on
