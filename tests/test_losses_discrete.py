@@ -388,15 +388,36 @@ def _ddp_worker(rank, world, store_path, out_dir):
         g = torch.Generator().manual_seed(1000 + rank)  # different local seeds on purpose
         synced = torch.stack([sample_gates([0.5] * 4, g) for _ in range(16)])
         local = torch.stack([sample_gates([0.5] * 4, g, sync=False) for _ in range(16)])
-        torch.save((synced, local), os.path.join(out_dir, f"rank{rank}.pt"))
+        # End to end: the objective on a DDP-wrapped gated model (it unwraps to set the gates),
+        # each rank with its own data and its own gate seed.
+        model = TinyGated(seed=0)
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        obj = GatedDepthObjective(ddp, [0.5, 0.5, 0.5], distill_every=3,
+                                  generator=torch.Generator().manual_seed(rank))
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        torch.manual_seed(rank)
+        steps = []
+        for _ in range(6):
+            x, y = torch.randn(4, 6), torch.randint(0, 5, (4,))
+            opt.zero_grad()
+            loss, info = obj(x, y)
+            loss.backward()
+            opt.step()
+            steps.append(info["gates"])
+        params = torch.cat([p.detach().flatten() for p in model.parameters()])
+        torch.save((synced, local, torch.stack(steps), params),
+                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 def test_gates_synchronised_across_two_ranks(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    (s0, l0), (s1, l1) = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    (s0, l0, g0, p0), (s1, l1, g1, p1) = (torch.load(tmp_path / "rank0.pt"),
+                                          torch.load(tmp_path / "rank1.pt"))
     assert torch.equal(s0, s1)
+    assert torch.equal(g0, g1)  # the DDP training steps ran the same sub-networks on both ranks
+    torch.testing.assert_close(p0, p1)  # and the replicas stayed identical
     # Unsynchronised, the different seeds draw different gates (64 fair coins agreeing: 2^-64):
     # the broadcast is what makes the ranks agree.
     assert not torch.equal(l0, l1)
