@@ -274,3 +274,18 @@ def test_time_dependent_running_reward_is_integrated():
     res = fb.solve(prob, nx=11, nt=20, rannacher_steps=0)
     torch.testing.assert_close(res.values, torch.full((1, 11), 2.0, dtype=torch.float64),
                                rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,q,limit", [("put", 0.0, 100.0), ("put", 0.1, 50.0),
+                                          ("call", 0.1, 100.0), ("call", 0.02, 250.0)])
+def test_exercise_boundary_at_expiry(kind, q, limit):
+    # Just before maturity S* -> K min(1, r/q) for a put and K max(1, r/q) for a call
+    # (r = 0.05, K = 100; e.g. Kim 1990, Rev. Financial Studies 3).
+    res = fb.solve(fb.black_scholes(kind, 100.0, 0.05, 0.2, 1.0, dividend=q), nx=800, nt=200)
+    times, s_b = res.boundary
+    assert 1.0 - times[0, -1].item() < 1e-3
+    assert s_b[0, -1].item() == pytest.approx(limit, rel=0.015)
+    # Monotone in time: the exercise region grows towards maturity.
+    finite = s_b[0][torch.isfinite(s_b[0])]
+    steps = finite[1:] - finite[:-1]
+    assert bool((steps >= -1e-9).all()) if kind == "put" else bool((steps <= 1e-9).all())
