@@ -196,19 +196,26 @@ def test_batched_equals_looped(params, lcp):
 
 
 def test_batched_mixed_puts_and_calls_via_generic_problem():
-    # A batch with a put-like and a call-like payoff: Brennan–Schwartz sweeps each its own way.
-    K = torch.tensor([100.0, 100.0], dtype=torch.float64)
-    sign = torch.tensor([-1.0, 1.0], dtype=torch.float64)
-    drift, vol, rate = fb.gbm_log_coefficients(0.05, 0.3, 0.06)
+    # One batch holding a call (r = 0.03, q = 0.07) and a put (r = 0.07, q = 0.03): Brennan–Schwartz
+    # sweeps each its own way (the call mirrored), and put-call symmetry
+    # C(S, K, r, q) = P(K, S, q, r) at S = K = 100 makes the two values equal.
+    K = 100.0
+    sign = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    r = torch.tensor([0.03, 0.07], dtype=torch.float64)
+    q = torch.tensor([0.07, 0.03], dtype=torch.float64)
+    drift, vol, rate = fb.gbm_log_coefficients(r, 0.3, q)
     prob = fb.ObstacleProblem(
-        payoff=lambda t, x: torch.clamp(sign[:, None] * (torch.exp(x) - K[:, None]), min=0.0),
-        x_min=math.log(100) - 2.0, x_max=math.log(100) + 2.0, maturity=1.0, drift=drift,
-        vol=vol, rate=rate, center=math.log(100.0), transform="log", batch_size=2,
-        time_dependent_payoff=False)
-    both = fb.solve(prob, nx=120, nt=30)
-    assert both.side == ["left", "right"]
-    pol = fb.solve(prob, nx=120, nt=30, lcp="policy")
-    torch.testing.assert_close(both.values, pol.values, rtol=0, atol=1e-9)
+        payoff=lambda t, x: torch.clamp(sign[:, None] * (torch.exp(x) - K), min=0.0),
+        x_min=math.log(K) - 2.0, x_max=math.log(K) + 2.0, maturity=1.0, drift=drift,
+        vol=vol, rate=rate, center=math.log(K), transform="log", time_dependent_payoff=False)
+    assert prob.batch_size == 2
+    res = fb.solve(prob, nx=400, nt=100)
+    assert res.side == ["right", "left"]
+    call, put = res.value_at(100.0).tolist()
+    assert call == pytest.approx(put, abs=2e-4)
+    assert call > bs_formula("call", 100.0, K, 0.03, 0.07, 0.3, 1.0) + 0.05  # early exercise
+    pol = fb.solve(prob, nx=400, nt=100, lcp="policy")
+    torch.testing.assert_close(res.values, pol.values, rtol=0, atol=1e-9)
 
 
 # ---------------------------------------------------------------- bad input
