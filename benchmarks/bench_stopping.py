@@ -82,6 +82,9 @@ def main(argv=None):
     ap.add_argument("--basis", default="poly2", choices=["poly2", "poly3"],
                     help="LSM basis on the 6 features (poly2: 28 functions, poly3: 84)")
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--cold-start", action="store_true",
+                    help="fresh network per date (the library default) instead of the paper's "
+                         "warm start from the next date's network")
     ap.add_argument("--outer", type=int, default=1000, help="dual: outer paths")
     ap.add_argument("--inner", type=int, default=500, help="dual: inner paths per step")
     ap.add_argument("--threads", type=int, default=1,
@@ -130,7 +133,7 @@ def main(argv=None):
     t_sim_n = time.perf_counter() - t0
     t0 = time.perf_counter()
     nfit = st.neural(features(paths), reward(paths), epochs=args.epochs, batch_size=2048,
-                     lr=1e-3, seed=args.seed)
+                     lr=1e-3, seed=args.seed, warm_start=not args.cold_start)
     t_fit_n = time.perf_counter() - t0
     del paths
     t0 = time.perf_counter()
@@ -142,7 +145,8 @@ def main(argv=None):
     t_up_n = time.perf_counter() - t0
     log(f"  neural: simulate {t_sim_n:.2f} s, fit {t_fit_n:.2f} s, lower {t_low_n:.2f} s, "
         f"upper {t_up_n:.2f} s")
-    rows.append((f"neural ({args.epochs} epochs)", args.neural_paths, t_sim_n, t_fit_n, nlow,
+    start = "cold" if args.cold_start else "warm"
+    rows.append((f"neural ({args.epochs} ep, {start})", args.neural_paths, t_sim_n, t_fit_n, nlow,
                  t_low_n, nup, t_up_n))
 
     print(f"\nlower bound: {args.eval_paths} independent paths; upper bound: Andersen-Broadie "
