@@ -214,6 +214,7 @@ def test_neural_stopping_put():
     online = torch.full((1000,), -1)
     for t in range(n_dates + 1):
         s = fit.policy.should_stop(t, x[:, t]) & ~done
+        assert torch.equal(fit.policy.should_stop(t, x[:, t]), fit.policy.score(t, x[:, t]) >= 0)
         online[s] = t
         done |= s
     assert torch.equal(online, idx)
@@ -271,6 +272,7 @@ def test_chain_lsm_indicator_basis_and_dual_bracket_exact():
     # up to inner-sampling noise
     assert b.upper.value - exact.value < 0.05
     # the chain's own optimal policy gives the same lower bound
+    assert torch.equal(exact.policy.score(1, states) >= 0, exact.stop[1])
     low_exact = st.evaluate(exact.policy, *(lambda p: (p, reward(p)))(chain.sample(40_000, g)))
     assert abs(low_exact.value - exact.value) <= 3.5 * low_exact.stderr
 
@@ -357,6 +359,11 @@ def test_policy_batch_independence(seed, n):
     whole = pol.should_stop(1, new, rn)
     single = torch.cat([pol.should_stop(1, new[i: i + 1], rn[i: i + 1]) for i in range(n)])
     assert torch.equal(whole, single)
+    # the signed score (StoppingRule contract) is reward - continuation, >= 0 exactly on stops
+    s = pol.score(1, new, rn)
+    assert torch.allclose(s, rn - pol.continuation(1, new), atol=1e-12)
+    assert torch.equal(s >= 0, whole)
+    assert torch.isinf(pol.score(2, new)).all()
 
 
 def test_last_time_always_stops_and_single_time():

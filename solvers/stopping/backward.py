@@ -39,6 +39,9 @@ class ChainPolicy(StoppingPolicy):
         self.n_times = len(stop)
         self.n_features = 1
 
+    def _score(self, t, x, r):
+        return self._decide(t, x, r).to(torch.float64) * 2 - 1
+
     def _decide(self, t, x, r):
         s = x[:, 0].round().long()
         region = self.stop[t].to(x.device)

@@ -81,8 +81,8 @@ class NeuralPolicy(StoppingPolicy):
         net.train(was)
         return out
 
-    def _decide(self, t, x, r):
-        return self._logits(t, x) >= 0
+    def _score(self, t, x, r):
+        return self._logits(t, x)
 
 
 def neural(features: Tensor, rewards: Tensor | None = None, *, reward_fn: Callable | None = None,

@@ -26,7 +26,8 @@ __all__ = ["StoppingPolicy", "StoppingFit", "Estimate", "evaluate", "estimate_me
 class StoppingPolicy:
     """Base class of stopping policies on `n_times` discrete times.
 
-    Subclasses implement :meth:`_decide` for the times before the last one. Rewards are the
+    Subclasses implement a signed score `_score(t, x, r)` (stop where `>= 0`) for the times
+    before the last one. Rewards are the
     *discounted* rewards of stopping; larger is better, any sign is allowed.
 
     **Attributes:**
@@ -38,8 +39,38 @@ class StoppingPolicy:
     n_times: int
     n_features: int
 
-    def _decide(self, t: int, x: Tensor, r: Tensor | None) -> Tensor:
+    def _score(self, t: int, x: Tensor, r: Tensor | None) -> Tensor:
         raise NotImplementedError
+
+    def _decide(self, t: int, x: Tensor, r: Tensor | None) -> Tensor:
+        return self._score(t, x, r) >= 0
+
+    def score(self, time_index: int, features_t: Tensor,
+              rewards_t: Tensor | None = None) -> Tensor:
+        """`(n,)` signed stopping score: the policy stops exactly where it is `>= 0`.
+
+        The same contract as `odedepth.stopping.StoppingRule` (layer 2 wraps policies with it):
+        reward minus fitted continuation for regression policies, the decision logit for neural
+        ones, +-1 for chain policies; `+inf` at the last time. Arguments as in
+        :meth:`should_stop`.
+        """
+        t = self._check_time(time_index)
+        x = self._check_features_t(features_t)
+        r = self._check_rewards_t(rewards_t, x)
+        if t == self.n_times - 1:
+            return torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
+        return self._score(t, x, r)
+
+    def _check_rewards_t(self, rewards_t, x):
+        if rewards_t is None:
+            return None
+        r = as_float_tensor(rewards_t, "rewards_t", type(self).__name__).to(x.device)
+        if r.shape != (x.shape[0],):
+            raise ValueError(f"{type(self).__name__}: rewards_t must have shape "
+                             f"({x.shape[0]},), got {tuple(r.shape)}")
+        if torch.isnan(r).any():
+            raise ValueError(f"{type(self).__name__}: rewards_t contain NaN")
+        return r
 
     def continuation(self, time_index: int, features_t: Tensor) -> Tensor:
         """`(n,)` the policy's estimate of the value of going on at `time_index`, if it has one.
@@ -90,13 +121,7 @@ class StoppingPolicy:
         """
         t = self._check_time(time_index)
         x = self._check_features_t(features_t)
-        if rewards_t is not None:
-            rewards_t = as_float_tensor(rewards_t, "rewards_t", type(self).__name__).to(x.device)
-            if rewards_t.shape != (x.shape[0],):
-                raise ValueError(f"{type(self).__name__}: rewards_t must have shape "
-                                 f"({x.shape[0]},), got {tuple(rewards_t.shape)}")
-            if torch.isnan(rewards_t).any():
-                raise ValueError(f"{type(self).__name__}: rewards_t contain NaN")
+        rewards_t = self._check_rewards_t(rewards_t, x)
         if t == self.n_times - 1:
             return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         return self._decide(t, x, rewards_t)

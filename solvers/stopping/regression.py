@@ -146,12 +146,12 @@ class RegressionPolicy(StoppingPolicy):
             raise ValueError("RegressionPolicy.reward_estimate: no regression at the last time")
         return self._fitted(t, self._check_features_t(features_t))[:, 1]
 
-    def _decide(self, t: int, x: Tensor, r: Tensor | None) -> Tensor:
+    def _score(self, t: int, x: Tensor, r: Tensor | None) -> Tensor:
         fit = self._fitted(t, x)
         r = fit[:, 1] if r is None else r.to(torch.float64)
-        stop = r >= fit[:, 0]
+        s = r - fit[:, 0]                       # reward minus continuation
         m = _itm_mask(self.itm, x, r)
-        return stop if m is None else stop & m
+        return s if m is None else torch.where(m, s, torch.full_like(s, -torch.inf))
 
 
 def _solve(X: Tensor, Y: Tensor, ridge: float) -> Tensor:
