@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -65,6 +64,7 @@ class DemoConfig:
     rule_lr: float = 1e-2
     rtol: float = 1e-3        # inference tolerances (dopri5)
     atol: float = 1e-4
+    event_tol: float = 1e-4   # stopping-time tolerance (fewer root-finding iterations)
     eval_batch: int = 256
     repeats: int = 3          # wall-time repeats (median)
     train_subset: int | None = None  # train on the first n training samples only (quick runs)
@@ -78,7 +78,8 @@ class DemoConfig:
 def build_model(cfg: DemoConfig, n_in: int = 64, n_classes: int = 10) -> ContinuousDepthClassifier:
     """embed (linear) -> ODEBlock(MLPField with hat-function weights) -> head (linear)."""
     field = MLPField(cfg.dim, cfg.hidden, depth=2, time="hat", n_basis=cfg.n_basis, t1=cfg.t1)
-    flow = ODEBlock(field, t1=cfg.t1, method="dopri5", rtol=cfg.rtol, atol=cfg.atol)
+    flow = ODEBlock(field, t1=cfg.t1, method="dopri5", rtol=cfg.rtol, atol=cfg.atol,
+                    event_tol=cfg.event_tol * cfg.t1)
     return ContinuousDepthClassifier(nn.Linear(n_in, cfg.dim), flow, nn.Linear(cfg.dim, n_classes),
                                      checkpoints=cfg.checkpoints)
 
@@ -342,15 +343,10 @@ def _run(out, cfg: DemoConfig, seed: int, verbose: bool, tqdm) -> dict:
           + "".join(f"![{f}]({f})\n" for f in sorted(figures)))
     _write_atomic(os.path.join(out, "results.md"), md)
     _write_atomic(os.path.join(out, "results.json"),
-                  json.dumps(summary, indent=2, default=_json_default))
+                  json.dumps(summary, indent=2, default=str))
     if verbose:
         print(table)
         print(f"training {train_s:.1f} s, total {summary['total_seconds']:.1f} s")
         print(f"results and plots written to {os.path.abspath(out)}")
     return {**summary, "rules_full": results}
 
-
-def _json_default(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return str(x)
