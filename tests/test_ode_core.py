@@ -303,3 +303,15 @@ def test_gradient_with_respect_to_the_horizon():
     sol = ode.solve(lambda t, y: -k * y, y0, (0.0, T), rtol=1e-10, atol=1e-12)
     (g,) = torch.autograd.grad(sol.y.sum(), T)
     assert g.item() == pytest.approx(-k * 6.0 * math.exp(-k * 1.5), rel=1e-8)
+
+
+def test_torchdiffeq_back_end_routing():
+    # method="torchdiffeq:<name>" runs the peer on the same problem (compat back end).
+    y0 = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    sol = ode.solve(oscillator, y0, (0.0, 3.0), method="torchdiffeq:dopri5", rtol=1e-10,
+                    atol=1e-12)
+    exact = oscillator_exact(torch.full((2,), 3.0, dtype=torch.float64), y0)
+    torch.testing.assert_close(sol.y, exact, rtol=1e-8, atol=1e-8)
+    with pytest.raises(ValueError, match="event"):
+        ode.solve(oscillator, y0, (0.0, 3.0), method="torchdiffeq:dopri5",
+                  event=lambda t, y: y[:, 0])

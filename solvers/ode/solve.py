@@ -50,6 +50,8 @@ def solve(f, y0, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8, t_eval=None, 
       horizons). ``t1 < t0`` integrates backwards; directions may differ between samples.
     - `method`: ``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"`` (fixed step, need `dt`),
       ``"bosh3"``, ``"dopri5"``, ``"tsit5"``, ``"dopri8"`` (adaptive), or a method object.
+      ``"torchdiffeq:<name>"`` runs torchdiffeq instead (``compat.solve_with_torchdiffeq``;
+      one time axis for the batch, no events or dense output) for side-by-side comparisons.
     - `rtol`, `atol`: relative/absolute tolerances, scalars or tensors broadcastable to one
       sample's state (per component). ``rtol`` below ``100 * eps`` is raised to that with a
       warning (as scipy does).
@@ -84,6 +86,15 @@ def solve(f, y0, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8, t_eval=None, 
     as constants), through dense output and through event times (implicit function
     theorem, see ``docs/ode.md``).
     """
+    if isinstance(method, str) and method.lower().startswith("torchdiffeq:"):
+        # Peer back end for comparisons (solvers/ode/compat.py): one shared time axis.
+        from .compat import solve_with_torchdiffeq
+        return solve_with_torchdiffeq(f, y0, t_span, method=method, rtol=rtol, atol=atol,
+                                      t_eval=t_eval, event=event, dense_output=dense_output,
+                                      adjoint=adjoint, max_steps=max_steps, throw=throw, dt=dt,
+                                      first_step=first_step, dt_min=dt_min, dt_max=dt_max,
+                                      controller=controller, adjoint_options=adjoint_options,
+                                      compact=compact, args=args)
     if adjoint:
         try:
             from .adjoint import solve_adjoint
