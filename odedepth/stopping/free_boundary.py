@@ -167,6 +167,8 @@ class FreeBoundaryRule(StoppingRule):
         n = len(g)
         k = (torch.searchsorted(g, t.contiguous(), right=True) - 1).clamp(0, n - 2)
         w = ((t - g[k]) / (g[k + 1] - g[k])).clamp(0.0, 1.0)
-        s = (1 - w) * self._values_at(k, x) + w * self._values_at(k + 1, x)
+        # both neighbouring checkpoints in one pass (this runs in the solver's event function)
+        v = self._values_at(torch.cat([k, k + 1]), torch.cat([x, x])).view(2, -1)
+        s = (1 - w) * v[0] + w * v[1]
         ref = logits if logits is not None else state
         return (s - self.margin).to(ref.dtype)
