@@ -55,6 +55,36 @@ def test_die_game():
         assert res.value == pytest.approx(v, abs=1e-6)
 
 
+def test_die_game_sparse_and_per_step_matrices():
+    # the same chain given as a list of sparse matrices: 3 rolls -> 14/3
+    P = torch.full((6, 6), 1 / 6, dtype=F64).to_sparse()
+    R = [torch.arange(1.0, 7.0, dtype=F64)] * 3
+    res = st.backward_induction([P, P], R, initial=torch.full((6,), 1 / 6, dtype=F64))
+    assert res.value == pytest.approx(14 / 3, abs=1e-12)
+    # optimal rule: with two rolls left keep 5 and 6, with one left keep 4, 5, 6
+    assert res.stop[0].tolist() == [False] * 4 + [True] * 2
+    assert res.stop[1].tolist() == [False] * 3 + [True] * 3
+
+
+@given(hst.integers(0, 2**31 - 1))
+def test_backward_induction_dominates_fixed_times(seed):
+    # V_0 >= E[Z_t] for every deterministic time t (fixed-time rules are stopping times; E[Z_t]
+    # in closed form by matrix products), and V_0 <= the largest reward anywhere
+    g = torch.Generator().manual_seed(seed)
+    S, T = 4, 5
+    P = torch.rand(T - 1, S, S, generator=g, dtype=F64) + 0.05
+    P = P / P.sum(-1, keepdim=True)
+    Rw = torch.randn(T, S, generator=g, dtype=F64)
+    v = st.backward_induction(P, Rw, initial=0).value
+    dist = torch.zeros(S, dtype=F64)
+    dist[0] = 1.0
+    for t in range(T):
+        assert v >= float(dist @ Rw[t]) - 1e-12
+        if t < T - 1:
+            dist = dist @ P[t]
+    assert v <= float(Rw.amax(dim=1).max()) + 1e-12
+
+
 @pytest.mark.parametrize("c", [0.5, 1.0])
 def test_brownian_linear_cost(c):
     # Random walk with dx = 0.05, dt = dx^2 embedded in Brownian motion: any walk stopping time is
