@@ -69,6 +69,10 @@ def basis_functions(x: Tensor, basis: str | Callable) -> Tensor:
       `C(k + d, d)` functions: keep `k` small for `"poly3"`), `"laguerre3"` (a constant and
       `exp(-x/2) L_n(x)`, `n = 0, 1, 2`, for each feature; meant for positive features of order
       one, e.g. prices divided by the strike), or a callable `x -> (n, p)`.
+
+    Column order (stable; layer 2 evaluates fitted coefficients itself): the constant, then the
+    monomials of degree 1, 2, ... in `itertools.combinations_with_replacement(range(k), d)`
+    order; for `"laguerre3"` the constant, then three columns per feature.
     """
     if callable(basis):
         out = basis(x)
