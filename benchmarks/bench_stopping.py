@@ -164,6 +164,7 @@ def main(argv=None):
     inside = [lo.ci[0] <= BCJ_POINT <= upb.ci[1] for _, _, _, _, lo, _, upb, _ in rows]
     print(f"published point {BCJ_POINT} inside [lower CI low, upper CI high]: "
           f"LSM {inside[0]}, neural {inside[1]}")
+    return {"lsm": (rows[0][4], rows[0][6]), "neural": (rows[1][4], rows[1][6])}
 
 
 if __name__ == "__main__":
