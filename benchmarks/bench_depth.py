@@ -14,7 +14,7 @@ depth regulariser). Reports, on the test split:
 - NFE and accuracy of flows trained with and without the kinetic / Jacobian regularisers
   (Finlay et al. 2020).
 
-Usage: python benchmarks/bench_depth.py [--quick] [--seed 0] [--hidden 512] [--repeats 11]
+Usage: python benchmarks/bench_depth.py [--quick] [--seed 0] [--hidden 1024] [--repeats 11]
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run (tiny budgets)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--hidden", type=int, default=512,
-                    help="field hidden width (512: the field's work dominates the solver's "
-                         "per-step overhead on CPU; the demo's 64 is overhead-bound)")
+    ap.add_argument("--hidden", type=int, default=1024,
+                    help="field hidden width (1024: the field's work dominates the solver's "
+                         "per-step and event overhead on CPU; the demo's 64 is overhead-bound)")
     ap.add_argument("--repeats", type=int, default=11, help="wall-clock repeats (median)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # tiny matrices on a shared machine: see the demo
