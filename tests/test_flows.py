@@ -22,6 +22,7 @@ from odedepth.flows import (
     SDEBlock,
     TimeLinear,
     TransformerField,
+    trajectory_from_solution,
 )
 from odedepth.stopping import FixedDepth
 
@@ -278,3 +279,19 @@ def test_sdeblock_bad_inputs():
         SDEBlock(f, dt=0.0)
     with pytest.raises(ValueError, match="euler"):
         SDEBlock(f, backend="torchsde").solve(torch.ones(2, 2), stop=FixedDepth(0.5))
+
+
+def test_halted_trajectory_marks_checkpoints_after_the_stop_invalid():
+    A = _A(3, seed=4)
+    block = ODEBlock(LinearField(A), t1=1.0, **TIGHT)
+    h0 = torch.randn(4, 3, dtype=torch.float64)
+    te = torch.linspace(0, 1, 5, dtype=torch.float64)
+    sol = block.solve(h0, t_eval=te, stop=FixedDepth(0.6), count_checkpoint_nfe=True)
+    traj = trajectory_from_solution(sol, nn.Identity())
+    assert traj.valid[:, :3].all() and not traj.valid[:, 3:].any()  # 0, .25, .5 <= 0.6 < .75
+    for k in range(3):
+        expected = h0 @ torch.from_numpy(scipy.linalg.expm(A.numpy() * float(te[k]))).T
+        assert torch.allclose(traj.outputs[:, k], expected, atol=1e-9)
+    assert torch.equal(FixedDepth(0.4).stop_index(traj), torch.full((4,), 2))
+    # the cost column counts evaluations up to each checkpoint and stays within the total
+    assert (traj.cost[:, :3] <= sol.nfe[:, None]).all()
