@@ -28,7 +28,7 @@ from torch import nn
 
 from ..data import load_digits_split
 from ..flows import ContinuousDepthClassifier, MLPField, ODEBlock
-from ..losses import FlowObjective, flow_objective, stopped_objective
+from ..losses import FlowObjective, flow_objective, sample_end_time, stopped_objective
 from ..stopping import (
     EventBoundaryRule,
     FreeBoundaryRule,
@@ -56,6 +56,7 @@ class DemoConfig:
     depth_reg: float = 0.01   # our diminishing-returns regulariser weight
     kinetic: float = 0.0
     jacobian: float = 0.0
+    end_time_spread: float = 0.0  # STEER: train on horizons ~ U(T - b, T + b) when b > 0
     cost: float = 0.05        # running cost c per unit depth (nats per unit t)
     rule_dt: float = 1 / 16   # RK4 step for rule fitting
     checkpoints: int = 16     # trajectory checkpoints for the free boundary
@@ -113,8 +114,11 @@ def train_flow(model: ContinuousDepthClassifier, x, y, cfg: DemoConfig, *, gener
         total = 0.0
         for i in range(0, n, cfg.batch):
             idx = perm[i:i + cfg.batch]
-            v = flow_objective(model.flow, model.embed(x[idx]), y[idx], obj, method="rk4",
-                               dt=cfg.train_dt, generator=generator)
+            t1 = None
+            if cfg.end_time_spread > 0:
+                t1 = sample_end_time(cfg.t1, len(idx), cfg.end_time_spread, generator=generator)
+            v = flow_objective(model.flow, model.embed(x[idx]), y[idx], obj, t1=t1,
+                               method="rk4", dt=cfg.train_dt, generator=generator)
             loss = v.total.mean()
             opt.zero_grad()
             loss.backward()
