@@ -81,8 +81,9 @@ class TimeLinear(nn.Module):
             idx = (s * self.n).floor().clamp(max=self.n - 1).long()
             return nn.functional.one_hot(idx, self.n).to(t.dtype)
         if self.time == "hat":
-            nodes = torch.linspace(0.0, 1.0, self.n, dtype=t.dtype, device=t.device)
-            return (1.0 - (s[:, None] - nodes).abs() * (self.n - 1)).clamp(min=0.0)
+            # phi_i(s) = max(0, 1 - |s (n - 1) - i|): nodes at i / (n - 1)
+            grid = torch.arange(self.n, dtype=t.dtype, device=t.device)
+            return (1.0 - (s[:, None] * (self.n - 1) - grid).abs()).clamp(min=0.0)
         # Legendre P_0..P_{n-1} on x = 2s - 1 by Bonnet's recursion.
         x = 2.0 * s - 1.0
         ps = [torch.ones_like(x)]
