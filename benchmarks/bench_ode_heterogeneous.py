@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ode_overhead import add_clock_argument, interleaved_medians, make_field, set_clock  # noqa: E402
+from bench_ode_overhead import add_run_arguments, interleaved_medians, make_field, setup_run  # noqa: E402
 
 from solvers import ode  # noqa: E402
 from solvers.ode.compat import solve_with_torchdiffeq  # noqa: E402
@@ -46,16 +46,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--horizon", type=float, default=4.0, help="T")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
-    add_clock_argument(parser)
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    clock = set_clock(args.clock, device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device available: skipping (--device cuda)")
+    run = setup_run(args)
+    if run is None:
         return {}
+    device, clock = run
     batch = 64 if args.quick else args.batch
     repeats = 1 if args.quick else args.repeats
     T = 1.0 if args.quick else args.horizon

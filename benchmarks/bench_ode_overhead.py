@@ -94,9 +94,23 @@ def set_clock(name: str, device) -> str:
     return name
 
 
-def add_clock_argument(parser):
+def add_run_arguments(parser):
+    """The flags every ODE benchmark shares: --device, --threads, --clock."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or this process's CPU time (robust on a shared machine)")
+
+
+def setup_run(args):
+    """Apply the shared flags; returns `(device, clock)`, or None when CUDA was asked for but is
+    not available (the benchmark then skips with a message)."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device available: skipping (--device cuda)")
+        return None
+    return device, set_clock(args.clock, device)
 
 
 def sync(device):
@@ -178,18 +192,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: batch 64, 2 repeats, looser reference")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    add_clock_argument(parser)
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    clock = set_clock(args.clock, device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device available: skipping (--device cuda)")
+    run = setup_run(args)
+    if run is None:
         return {}
+    device, clock = run
     repeats = 2 if args.quick else args.repeats
     batch = 64 if args.quick else args.batch
     rtol, atol, t1 = 1e-6, 1e-8, 1.0

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ode_overhead import add_clock_argument, interleaved_medians, set_clock  # noqa: E402
+from bench_ode_overhead import add_run_arguments, interleaved_medians, setup_run  # noqa: E402
 
 from solvers import ode  # noqa: E402
 from solvers.ode.compat import solve_with_torchdiffeq  # noqa: E402
@@ -82,16 +82,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
-    add_clock_argument(parser)
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    clock = set_clock(args.clock, device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device available: skipping (--device cuda)")
+    run = setup_run(args)
+    if run is None:
         return {}
+    device, clock = run
     batch = 16 if args.quick else args.batch
     repeats = 1 if args.quick else args.repeats
     points, period = limit_cycle(args.mu, batch, tol=1e-8 if args.quick else 1e-11)
