@@ -24,6 +24,7 @@ from odedepth.analysis import (
     pareto_frontier,
     plot_pareto,
 )
+from odedepth.models import create_model, early_exit
 from odedepth.trajectory import DepthTrajectory
 
 
@@ -261,8 +262,7 @@ def test_gate_moments_general_identity_nonaffine_model():
 # The same counts on odedepth.models' gated ResNet-50 (configured by strings, as in the issue).
 @pytest.fixture(scope="module")
 def gated_resnet50():
-    models = pytest.importorskip("odedepth.models")
-    return models.create_model("resnet50", gated=True, exits=False, branch_scale=1.0)
+    return create_model("resnet50", gated=True, exits=False, branch_scale=1.0)
 
 
 @pytest.mark.parametrize("config", ["FFFF", "TTTT", "FTTF", "TFFT"])
@@ -280,16 +280,14 @@ def test_gated_resnet50_macs_table(gated_resnet50, config):
 
 def test_resnet101_full_and_adn_base():
     # seeds_spec 3.9 (analytic conv + fc count): ResNet-101 7.801 G, ADN-rule base 4.526 G.
-    models = pytest.importorskip("odedepth.models")
-    m = models.create_model("resnet101", gated=True)
+    m = create_model("resnet101", gated=True)
     assert m.skippable_counts() == [1, 2, 11, 1]
     assert count_macs(m.configure("FFFF"), (1, 3, 224, 224)).gmacs == pytest.approx(7.801, abs=0.0015)
     assert count_macs(m.configure("TTTT"), (1, 3, 224, 224)).gmacs == pytest.approx(4.526, abs=0.0015)
 
 
 def test_plain_resnet50_from_registry():
-    models = pytest.importorskip("odedepth.models")
-    m = models.create_model("resnet50")
+    m = create_model("resnet50")
     assert count_parameters(m) == 25_557_032
     assert count_macs(m, (1, 3, 224, 224)).gmacs == pytest.approx(4.09, abs=0.01)
 
@@ -319,11 +317,10 @@ def test_meta_fallback_for_value_reading_forward():
 def test_early_exit_sweep_agrees_with_compacting_early_exit():
     # One full trajectory + stop indices (the sweep) must give what really running the model
     # with per-sample early exit gives (odedepth.models.early_exit, samples leave the batch).
-    models = pytest.importorskip("odedepth.models")
     from odedepth.stopping import MaxProbability
 
     torch.manual_seed(0)
-    m = models.create_model("resnet18", exits="per_block", num_classes=4, stem="cifar",
+    m = create_model("resnet18", exits="per_block", num_classes=4, stem="cifar",
                             channels=(4, 8, 8, 8)).eval()
     x = torch.randn(32, 3, 8, 8)
     with torch.no_grad():
@@ -333,7 +330,7 @@ def test_early_exit_sweep_agrees_with_compacting_early_exit():
         thresholds = [0.3, 0.35, 0.4, 0.5, 1.0]
         pts = early_exit_sweep(traj, y, MaxProbability, thresholds, exit_costs=costs)
         for th, p in zip(thresholds, pts):
-            logits, idx = models.early_exit(m, x, MaxProbability(th))
+            logits, idx = early_exit(m, x, MaxProbability(th))
             assert p.accuracy == pytest.approx((logits.argmax(1) == y).double().mean().item())
             assert p.cost == pytest.approx(float(torch.tensor(costs, dtype=torch.float64)[idx].mean()))
     assert pts[-1].accuracy == 1.0 and pts[-1].cost == costs[-1]
@@ -352,8 +349,7 @@ def test_configuration_sweep_and_latency_mode_restored():
 
 @pytest.fixture(scope="module")
 def gated_vit_base():
-    models = pytest.importorskip("odedepth.models")
-    return models.create_model("vit_base", gated=True)
+    return create_model("vit_base", gated=True)
 
 
 @pytest.mark.parametrize("config,published", [("FFFF", 17.58), ("TTFF", 14.67), ("TTFT", 13.21),

@@ -22,6 +22,7 @@ from odedepth.bridge import (
     to_continuous,
     to_discrete,
 )
+from odedepth.flows import MLPField
 
 
 def _field(seed=0, dim=4, n_basis=3, scale=2.0):
@@ -138,11 +139,8 @@ def test_per_sample_times_in_fields():
 
 
 def test_flows_field_interop():
-    flows = pytest.importorskip("odedepth.flows")
-    if not hasattr(flows, "MLPField"):
-        pytest.skip("odedepth.flows has no MLPField yet")
     torch.manual_seed(0)
-    fld = flows.MLPField(3, hidden=16, time="legendre").double()
+    fld = MLPField(3, hidden=16, time="legendre").double()
     h0 = torch.randn(4, 3, dtype=torch.float64)
     res = convergence_study(fld, h0, [8, 16, 32])
     assert res.orders["euler"] == pytest.approx(1.0, abs=0.15)

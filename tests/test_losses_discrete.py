@@ -36,6 +36,7 @@ from odedepth.losses import (
     soft_halting_probs,
     stage_cost_loss,
 )
+from odedepth.models import create_model
 from odedepth.stopping import FixedDepth, MaxProbability
 from odedepth.trajectory import DepthTrajectory
 
@@ -218,8 +219,7 @@ def test_adn_step_equals_one_step_on_combined_loss():
 
 
 def test_models_integration_gated_resnet():
-    models = pytest.importorskip("odedepth.models")
-    m = models.create_model("resnet18", gated=True, num_classes=10, stem="cifar",
+    m = create_model("resnet18", gated=True, num_classes=10, stem="cifar",
                             channels=(4, 8, 8, 8))
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
     obj = GatedDepthObjective(m, GateSchedule(m.n_stages), distill_every=2,
