@@ -23,6 +23,7 @@ after warm-up).
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ from torch import nn
 
 from solvers import ode
 from solvers.ode.compat import solve_with_torchdiffeq
+
+from .depth import _write_atomic
 
 __all__ = ["NeuralField", "run"]
 
@@ -157,10 +160,11 @@ def run(out="outputs/solver_demo", quick: bool = False, seed: int = 0):
             err = float(np.abs(y.numpy() - ref).max())
             rows.append(dict(solver=name, tol=tol, nfe=nfe, err=err, cpu_s=wall))
             print(f"{name:<20} {tol:9.0e} {nfe:8.1f} {err:9.2e} {wall * 1e3:9.2f}")
-    with open(out / "work_precision.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(str(out / "work_precision.csv"), buf.getvalue())  # never half-written
     _plot(rows, out / "work_precision.png", batch)
     print(f"wrote {out / 'work_precision.png'} and {out / 'work_precision.csv'}")
     return rows
@@ -171,6 +175,8 @@ def _plot(rows, path, batch):
 
     matplotlib.use("Agg")  # headless: never needs a display
     import matplotlib.pyplot as plt
+
+    from ..plots import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name in dict.fromkeys(r["solver"] for r in rows):
@@ -186,5 +192,5 @@ def _plot(rows, path, batch):
     axes[0].legend()
     fig.suptitle(f"Work-precision: neural ODE, batch {batch}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)  # atomic: an earlier figure is replaced whole or kept
     plt.close(fig)
