@@ -235,6 +235,21 @@ def test_bad_input_raises_clear_errors():
         fb.solve(good, rannacher_steps=3)
     with pytest.raises(ValueError, match="theta"):
         fb.solve(good, theta=1.5)
+    with pytest.raises(ValueError, match="conditionally stable"):
+        fb.solve(good, theta=0.0)  # explicit Euler: unstable on this grid, refused
+    with pytest.raises(ValueError, match="psor_max_iter"):
+        fb.solve(good, nx=50, nt=10, lcp="psor", psor_max_iter=0)
+    with pytest.raises(ValueError, match="max_iter"):
+        z = torch.zeros(4, 1, dtype=torch.float64)
+        fb.psor(z, z + 3.0, z, z, z, z, max_iter=0)
+    with pytest.raises(ValueError, match="psor_omega"):
+        fb.solve(good, nx=50, nt=10, lcp="psor", psor_omega="1.2")
+    with pytest.raises(ValueError, match="has 5 nodes but nx = 800"):
+        fb.solve(good, mesh=torch.tensor([4.0, 4.2, 4.4, 4.6, 5.0]))
+    with pytest.raises(ValueError, match="width"):
+        fb.black_scholes("put", 100.0, 0.05, 0.2, 1.0, width=-1.0)
+    with pytest.raises(ValueError, match="only used with exercise='bermudan'"):
+        fb.black_scholes("put", 100.0, 0.05, 0.2, 1.0, exercise="european", exercise_dates=[0.5])
     with pytest.raises(ValueError, match="NaN"):
         fb.black_scholes("put", 100.0, float("nan"), 0.2, 1.0)
     with pytest.raises(ValueError, match="kind"):

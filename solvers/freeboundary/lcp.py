@@ -237,6 +237,8 @@ def psor(l: Tensor, d: Tensor, u: Tensor, b: Tensor, g: Tensor, v0: Tensor, *,
 
     **Returns:** `(v, iterations)`. Raises :class:`LCPConvergenceError` if not converged.
     """
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"psor: max_iter must be an integer >= 1, got {max_iter!r}")
     n, bsz = d.shape
     pad = torch.zeros(n + 2, bsz, dtype=b.dtype, device=b.device)
     v = pad[1:-1]

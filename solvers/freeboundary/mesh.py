@@ -43,7 +43,8 @@ def build_mesh(problem, nx: int, mesh, dtype=torch.float64, device=None) -> Tens
 
     **Arguments:** `problem`, `nx` >= 3, `mesh`: `"auto"` (sinh when the problem has a centre,
     else uniform), `"uniform"`, `"sinh"`, a :class:`UniformMesh` / :class:`SinhMesh`, or a tensor
-    of nodes `(nx,)` or `(B, nx)` (checked strictly increasing).
+    of nodes `(nx,)` or `(B, nx)` (checked strictly increasing, with `nx` nodes; its first and
+    last nodes are where the boundary conditions apply, in place of x_min and x_max).
     """
     bsz = problem.batch_size
     if isinstance(mesh, Tensor):
@@ -57,6 +58,9 @@ def build_mesh(problem, nx: int, mesh, dtype=torch.float64, device=None) -> Tens
             raise ValueError("mesh contains NaN or infinite values")
         if not bool((x[:, 1:] > x[:, :-1]).all()):
             raise ValueError("mesh must be strictly increasing (got a non-monotone mesh)")
+        if x.shape[1] != nx:
+            raise ValueError(f"the mesh tensor has {x.shape[1]} nodes but nx = {nx}: pass "
+                             f"nx={x.shape[1]} with it")
         return x.contiguous()
     if mesh == "auto":
         mesh = SinhMesh() if problem.center is not None else UniformMesh()

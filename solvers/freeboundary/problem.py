@@ -275,6 +275,10 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
         exercise = "bermudan"
     if exercise not in _EXERCISE:
         raise ValueError(f"exercise must be one of {_EXERCISE}, got {exercise!r}")
+    if exercise == "european" and exercise_dates is not None and torch.as_tensor(
+            exercise_dates).numel():
+        raise ValueError("exercise_dates are only used with exercise='bermudan' (got "
+                         "exercise='european')")
     f64 = dict(dtype=torch.float64)
     K, r, s, T, q = (torch.as_tensor(v, **f64) for v in (strike, rate, vol, maturity, dividend))
     for name, v in (("strike", K), ("rate", r), ("vol", s), ("maturity", T), ("dividend", q)):
@@ -297,8 +301,12 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
         x_min, x_max = torch.log(lo), torch.log(hi)
         centre_k = torch.clamp(torch.log(K), x_min + 1e-9, x_max - 1e-9)
     else:
-        w = torch.as_tensor(width, **f64) if width is not None else torch.clamp(
-            5.0 * s * torch.sqrt(T) + (r - q).abs() * T, min=0.5)
+        if width is not None:
+            w = torch.as_tensor(width, **f64)
+            if not bool(torch.isfinite(w).all()) or bool((w <= 0).any()):
+                raise ValueError(f"width must be positive and finite, got {width!r}")
+        else:
+            w = torch.clamp(5.0 * s * torch.sqrt(T) + (r - q).abs() * T, min=0.5)
         x_min, x_max, centre_k = torch.log(K) - w, torch.log(K) + w, torch.log(K)
 
     def payoff(t, x):

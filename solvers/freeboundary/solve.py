@@ -307,7 +307,8 @@ def solve(problem: ObstacleProblem, nx: int = 800, nt: int = 200, lcp: str = "br
       `"psor"` (general, iterative to `psor_tol`), `"policy"` (general, exact: Howard's policy
       iteration) or `"projection"` (linear solve then max(V, g): the *first-order* baseline that
       explicit-exercise engines such as QuantLib's FD engine use; kept for comparison).
-    - `theta`: 0.5 is Crank–Nicolson, 1 fully implicit.
+    - `theta`: in [0.5, 1]; 0.5 is Crank–Nicolson, 1 fully implicit (smaller values are only
+      conditionally stable and are refused).
     - `rannacher_steps`: implicit half steps at the start (even; 4 = two full steps split into
       four fully implicit half steps), repeated after each Bermudan date.
     - `mesh`: `"auto"`, `"uniform"`, `"sinh"`, a mesh object or a tensor of nodes (see
@@ -339,12 +340,16 @@ def solve(problem: ObstacleProblem, nx: int = 800, nt: int = 200, lcp: str = "br
                          f"{rannacher_steps}")
     if lcp not in LCP_METHODS:
         raise ValueError(f"unknown lcp method {lcp!r}; choose one of {LCP_METHODS}")
-    if not (isinstance(theta, int | float) and 0.0 <= theta <= 1.0):
-        raise ValueError(f"theta must be in [0, 1], got {theta!r}")
-    if not (0.0 < psor_omega < 2.0):
-        raise ValueError(f"psor_omega must be in (0, 2), got {psor_omega}")
-    if not (psor_tol > 0 and math.isfinite(psor_tol)):
-        raise ValueError(f"psor_tol must be positive, got {psor_tol}")
+    if not (isinstance(theta, int | float) and 0.5 <= theta <= 1.0):
+        # theta < 1/2 is only conditionally stable (dt <= h^2 / sigma^2 for theta = 0): on the
+        # grids used here it blows up silently, so it is refused rather than returned
+        raise ValueError(f"theta must be in [0.5, 1] (theta < 0.5 is only conditionally stable), "
+                         f"got {theta!r}")
+    if not (isinstance(psor_omega, int | float) and 0.0 < psor_omega < 2.0):
+        raise ValueError(f"psor_omega must be in (0, 2), got {psor_omega!r}")
+    if not (isinstance(psor_tol, int | float) and psor_tol > 0 and math.isfinite(psor_tol)):
+        raise ValueError(f"psor_tol must be positive, got {psor_tol!r}")
+    _check_int("psor_max_iter", psor_max_iter, 1)
     if dtype not in (torch.float64, torch.float32):
         raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
 
