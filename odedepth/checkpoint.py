@@ -74,12 +74,16 @@ def load(path: str | os.PathLike, map_location="cpu", weights_only: bool = True)
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as exc:  # torch raises RuntimeError, pickle/EOF/zip errors, ... by format
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        msg = str(exc)
+        lines = [ln.strip() for ln in msg.strip().splitlines() if ln.strip()]
+        # torch's weights_only failures open with the same generic paragraph whether the file
+        # holds a refused class or is plain garbage; the specific cause is on a later line.
+        detail = next((ln for ln in lines if "Unsupported" in ln), lines[0] if lines else "")
         hint = (" (it holds objects that weights_only=True refuses; pass weights_only=False "
-                "only for files you trust)") if "weights_only" in str(exc) else ""
+                "only for files you trust)") if "Unsupported global" in msg else ""
         raise CheckpointError(
             f"checkpoint.load: {path!r} is corrupt or not a torch checkpoint{hint} "
-            f"({type(exc).__name__}: {first})"
+            f"({type(exc).__name__}: {detail})"
         ) from exc
 
 
@@ -130,6 +134,9 @@ def load_state_dict(model: nn.Module, source, strict: bool = True):
     sd = _extract_state_dict(source)
     missing, unexpected, mismatched = compare_state_dicts(model.state_dict(), sd)
     problems = []
+    not_tensors = [f"{k} ({type(v).__name__})" for k, v in sd.items() if not isinstance(v, Tensor)]
+    if not_tensors:  # torch would copy the other keys first and then fail: a half-loaded model
+        problems.append(f"values that are not tensors: {_fmt(not_tensors)}")
     if mismatched:
         problems.append("shape mismatches " + _fmt(
             f"{k}: model {a} vs checkpoint {b}" for k, a, b in mismatched))

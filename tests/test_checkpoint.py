@@ -33,6 +33,22 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
         checkpoint.load(tmp_path / "empty.pt")
     with pytest.raises(FileNotFoundError):
         checkpoint.load(tmp_path / "missing.pt")
+    # Bytes that are no checkpoint at all: corrupt, without the weights_only advice.
+    (tmp_path / "junk.pt").write_bytes(b"garbage" * 10)
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt") as info:
+        checkpoint.load(tmp_path / "junk.pt")
+    assert "weights_only=False" not in str(info.value)
+
+
+def test_non_tensor_values_are_refused_before_anything_is_loaded():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = {k: torch.ones_like(v) for k, v in before.items()}
+    bad["1.weight"] = "not a tensor"
+    with pytest.raises(checkpoint.CheckpointError, match=r"not tensors: 1.weight \(str\)"):
+        checkpoint.load_state_dict(model, bad)
+    for k, v in model.state_dict().items():  # no key was copied, not even the valid ones
+        assert torch.equal(v, before[k]), k
 
 
 def test_atomic_save_leaves_old_file_intact(tmp_path):
