@@ -462,6 +462,16 @@ def test_bad_inputs():
         st.crr_lattice(36, 40, 0.06, 0.2, 1.0, 10, probability="jr")
     with pytest.raises(ValueError, match="vol"):
         st.crr_lattice(36, 40, 0.06, -0.2, 1.0, 10)
+    with pytest.raises(ValueError, match="rate must be a finite number"):
+        st.crr_lattice(36, 40, math.nan, 0.2, 1.0, 10)      # was "up probability nan"
+    with pytest.raises(ValueError, match="dividend must be a finite number"):
+        st.crr_lattice(36, 40, 0.06, 0.2, 1.0, 10, dividend=math.inf)
+    with pytest.raises(ValueError, match="exercise_steps must be integer"):
+        st.crr_lattice(36, 40, 0.06, 0.2, 1.0, 10, exercise_steps=[2.5])  # was truncated to 2
+    with pytest.raises(TypeError, match="dtype"):
+        st.neural(x, r, epochs=1, dtype="float32")
+    with pytest.raises(ValueError, match="time_index"):
+        pol.should_stop("1", x[:, 0])
     # dual and simulators
     fbm = st.FractionalBrownianMotion(0.7, torch.linspace(0.1, 1, 4))
     bm = st.BrownianMotion(torch.linspace(0, 1, 4))

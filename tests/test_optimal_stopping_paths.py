@@ -150,5 +150,7 @@ def test_simulator_bad_inputs():
             0, torch.ones(3, 3), 2)
     with pytest.raises(ValueError, match="time_index"):
         st.BrownianMotion([0.0, 1.0]).sample_from(2, torch.zeros(1, 1), 2)
+    with pytest.raises(ValueError, match="state contains NaN"):
+        st.BrownianMotion([0.0, 1.0]).sample_from(0, torch.full((1, 1), math.nan), 2)
     with pytest.raises(ValueError, match="probability distributions"):
         st.MarkovChain(torch.tensor([[0.5, 0.6], [0.5, 0.5]]), n_times=3)

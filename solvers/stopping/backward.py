@@ -14,6 +14,7 @@ state and time where stopping is not allowed (Bermudan exercise dates on a finer
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -279,6 +280,9 @@ def crr_lattice(spot: float, strike: float, rate: float, vol: float, maturity: f
     who = "crr_lattice"
     for name, v in (("spot", spot), ("strike", strike), ("vol", vol), ("maturity", maturity)):
         check_positive_float(v, name, who)
+    for name, v in (("rate", rate), ("dividend", dividend)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{who}: {name} must be a finite number, got {v!r}")
     steps = check_positive_int(steps, "steps", who)
     if kind not in ("put", "call"):
         raise ValueError(f"{who}: kind must be 'put' or 'call', got {kind!r}")
@@ -293,6 +297,11 @@ def crr_lattice(spot: float, strike: float, rate: float, vol: float, maturity: f
         raise ValueError(f"{who}: probability must be 'classic' or 'drift', got {probability!r}")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"{who}: up probability {p} outside [0, 1]: refine the lattice")
+    if exercise_steps is not None:
+        exercise_steps = list(exercise_steps)
+        if any(isinstance(s, bool) or int(s) != s for s in exercise_steps):
+            raise ValueError(f"{who}: exercise_steps must be integer step indices, got "
+                             f"{exercise_steps}")
     allowed = set(range(steps + 1)) if exercise_steps is None else {
         int(s) for s in exercise_steps} | {steps}
     if any(s < 0 or s > steps for s in allowed):

@@ -116,6 +116,10 @@ def neural(features: Tensor, rewards: Tensor | None = None, *, reward_fn: Callab
     epochs = check_positive_int(epochs, "epochs", who)
     batch_size = check_positive_int(batch_size, "batch_size", who)
     lr = check_positive_float(lr, "lr", who)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{who}: dtype must be a floating torch.dtype, got {dtype!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{who}: seed must be an int, got {seed!r}")
     dev = features.device
     x = features.to(dtype)
     r = rewards.to(torch.float64)

@@ -84,6 +84,8 @@ class PathSimulator:
         if s.dim() != 2 or s.shape[1] != self.dim:
             raise ValueError(f"{who}: state must have shape (m, {self.dim}), got "
                              f"{tuple(s.shape)}")
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError(f"{who}: state contains NaN or infinite values")
         return int(time_index), s, n
 
 

@@ -13,6 +13,7 @@ stopping rule beats the optimal one.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -86,8 +87,8 @@ class StoppingPolicy:
                 raise ValueError(f"{type(self).__name__}: time_index must be a scalar, got shape "
                                  f"{tuple(time_index.shape)}")
             time_index = int(time_index.item())
-        if isinstance(time_index, bool) or int(time_index) != time_index or not (
-                0 <= time_index < self.n_times):
+        if isinstance(time_index, bool) or not isinstance(time_index, numbers.Real) or int(
+                time_index) != time_index or not (0 <= time_index < self.n_times):
             raise ValueError(f"{type(self).__name__}: time_index must be an integer in "
                              f"[0, {self.n_times - 1}], got {time_index!r}")
         return int(time_index)
