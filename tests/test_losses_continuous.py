@@ -184,6 +184,10 @@ def test_losses_bad_inputs():
         FlowObjective(nn.Identity(), rule=MaxProbability(0.9))
     with pytest.raises(ValueError, match="depth_weight"):
         depth_weight(torch.zeros(1), "cubic")
+    with pytest.raises(ValueError, match="t1"):  # was a silent NaN weight
+        FlowObjective(nn.Identity(), depth_reg=1.0, t1=0.0)
+    with pytest.raises(ValueError, match="kappa"):  # a decreasing weight is no regulariser
+        FlowObjective(nn.Identity(), depth_reg=1.0, kappa=-2.0)
     with pytest.raises(TypeError, match="FlowObjective"):
         flow_objective(ODEBlock(Decay(1.0)), torch.ones(2, 1), torch.zeros(2), object())
     with pytest.raises(ValueError, match="target"):

@@ -68,7 +68,12 @@ def _check_nonneg(name: str, value: float, who: str) -> float:
 
 def depth_weight(t: Tensor, kind: str = "exp", kappa: float = 2.0, t1: float = 1.0) -> Tensor:
     """The increasing weight w(t) of the depth regulariser (ours): `"exp"`: exp(kappa t / t1);
-    `"linear"`: t / t1."""
+    `"linear"`: t / t1. `t1` > 0 and `kappa` >= 0 (so that w never decreases)."""
+    if not (math.isfinite(t1) and t1 > 0):
+        raise ValueError(f"depth_weight: the horizon t1 must be a positive finite number, got {t1}")
+    if not (math.isfinite(kappa) and kappa >= 0):
+        raise ValueError(f"depth_weight: kappa must be a finite number >= 0 (w increasing), "
+                         f"got {kappa}")
     if kind == "exp":
         return torch.exp(kappa * t / t1)
     if kind == "linear":
@@ -140,7 +145,7 @@ class FlowObjective(Augmentation):
         self.w_kin = _check_nonneg("kinetic", kinetic, who)
         self.w_jac = _check_nonneg("jacobian", jacobian, who)
         self.w_depth = _check_nonneg("depth_reg", depth_reg, who)
-        depth_weight(torch.zeros(1), depth_kind, kappa, t1)  # validates depth_kind
+        depth_weight(torch.zeros(1), depth_kind, kappa, t1)  # validates depth_kind, kappa and t1
         self.depth_kind, self.kappa, self.t1 = depth_kind, float(kappa), float(t1)
         self.n_main = 4 if rule is not None else 1
         self.needs_state_grad = self.w_jac > 0
