@@ -276,6 +276,10 @@ def test_bad_coefficients_raise():
         fb.solve(fb.ObstacleProblem(payoff=lambda t, x: x.abs(), x_min=-1.0, x_max=1.0,
                                     maturity=1.0, vol=lambda t, x: -torch.ones_like(x)),
                  nx=20, nt=5, lcp="policy")
+    with pytest.raises(ValueError, match="lower boundary value returned NaN"):
+        fb.solve(fb.ObstacleProblem(payoff=lambda t, x: x.abs(),
+                                    lower=lambda t, x: x * float("nan"), **base),
+                 nx=20, nt=5, lcp="policy")
     with pytest.raises(ValueError, match="x_max must be larger"):
         fb.ObstacleProblem(payoff=0.0, x_min=1.0, x_max=0.0, maturity=1.0)
     with pytest.raises(ValueError, match="inconsistent batch"):

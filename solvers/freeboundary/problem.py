@@ -40,6 +40,18 @@ def _batch_of(name: str, value) -> int | None:
                      f"got a tensor of shape {tuple(t.shape)}")
 
 
+def _broadcast_finite(out: Tensor, x: Tensor, what: str) -> Tensor:
+    """`out` broadcast to the shape of the nodes `x`, checked finite; errors name `what`."""
+    try:
+        out = torch.broadcast_to(out, x.shape)
+    except RuntimeError:
+        raise ValueError(f"{what} has shape {tuple(out.shape)}, which does not broadcast to "
+                         f"(batch, nodes) = {tuple(x.shape)}") from None
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{what} returned NaN or infinite values")
+    return out
+
+
 class ObstacleProblem:
     """A batch of obstacle problems (optimal stopping of a 1-D diffusion), solved by :func:`solve`.
 
@@ -177,13 +189,7 @@ class ObstacleProblem:
             out = torch.as_tensor(v, dtype=x.dtype, device=x.device)
             if out.dim() == 1:
                 out = out.unsqueeze(1)
-        try:
-            out = torch.broadcast_to(out, x.shape)
-        except RuntimeError:
-            raise ValueError(f"{name} has shape {tuple(out.shape)}, which does not broadcast to "
-                             f"(batch, nodes) = {tuple(x.shape)}") from None
-        if not bool(torch.isfinite(out).all()):
-            raise ValueError(f"{name} returned NaN or infinite values")
+        out = _broadcast_finite(out, x, name)
         if name == "vol" and bool((out < 0).any()):
             raise ValueError("vol must be non-negative (got a negative volatility)")
         return out
@@ -194,14 +200,7 @@ class ObstacleProblem:
         if bc == "payoff":
             return self.coefficient("payoff", t, x)
         out = torch.as_tensor(bc(t, x), dtype=x.dtype, device=x.device)
-        try:
-            out = torch.broadcast_to(out, x.shape)
-        except RuntimeError:
-            raise ValueError(f"{side} boundary value has shape {tuple(out.shape)}; expected "
-                             f"something broadcastable to {tuple(x.shape)}") from None
-        if not bool(torch.isfinite(out).all()):
-            raise ValueError(f"{side} boundary value is NaN or infinite")
-        return out
+        return _broadcast_finite(out, x, f"{side} boundary value")
 
     def to_x(self, state: Tensor) -> Tensor:
         """Map the user's state (S for a log transform) to the PDE variable x."""
