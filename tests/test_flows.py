@@ -224,6 +224,8 @@ def test_odeblock_bad_inputs():
         block.solve(torch.ones(2, 3), tolerance=1e-3)
     with pytest.raises(ValueError, match="args"):
         block.solve(torch.ones(2, 3), args=(torch.ones(3),))
+    with pytest.raises(TypeError, match="stop must be a StoppingRule"):
+        block.solve(torch.ones(2, 3), stop=lambda t, h: h.sum(-1))
 
 
 # ----------------------------------------------------------------------------- SDEBlock

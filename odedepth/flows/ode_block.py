@@ -164,6 +164,9 @@ class ODEBlock(nn.Module):
                 raise ValueError("ODEBlock.solve: t_eval must be a non-empty 1-D sequence")
             if (t_eval.diff() <= 0).any() or t_eval[0] < 0 or (t_eval[-1] > t_end + 1e-12).any():
                 raise ValueError("ODEBlock.solve: t_eval must increase within [0, t1]")
+        if stop is not None and not callable(getattr(stop, "score", None)):
+            raise TypeError(f"ODEBlock.solve: stop must be a StoppingRule (with a score method), "
+                            f"got {type(stop).__name__}")
         rule_aug = 0 if stop is None else int(getattr(stop, "n_aug", 0))
         if stop is not None and rule_aug == 0 and not getattr(stop, "memoryless", True):
             raise ValueError(f"ODEBlock.solve: {type(stop).__name__} depends on history and "
