@@ -106,6 +106,19 @@ def main(argv=None):
     print(f"published (BCJ 2019 Table 2): lower {BCJ_LOWER}, upper {BCJ_UPPER}, point {BCJ_POINT}")
     rows = []
 
+    def row(name, short, policy, n_train, t_sim, t_fit):
+        # lower bound on independent paths and Andersen--Broadie upper bound, both timed
+        t0 = time.perf_counter()
+        low = lower_bound(policy, gbm, reward, features, args.eval_paths, g)
+        t_low = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        up = st.dual_upper_bound(policy, gbm, reward, n_outer=args.outer, n_inner=args.inner,
+                                 generator=g, features_fn=features)
+        t_up = time.perf_counter() - t0
+        log(f"  {short}: simulate {t_sim:.2f} s, fit {t_fit:.2f} s, lower {t_low:.2f} s, "
+            f"upper {t_up:.2f} s")
+        return name, n_train, t_sim, t_fit, low, t_low, up, t_up
+
     # --- Longstaff--Schwartz
     t0 = time.perf_counter()
     paths = simulate(gbm, args.paths, g)
@@ -114,18 +127,9 @@ def main(argv=None):
     fit = st.longstaff_schwartz(features(paths), reward(paths), basis=args.basis)
     t_fit = time.perf_counter() - t0
     del paths
-    t0 = time.perf_counter()
-    low = lower_bound(fit.policy, gbm, reward, features, args.eval_paths, g)
-    t_low = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    up = st.dual_upper_bound(fit.policy, gbm, reward, n_outer=args.outer, n_inner=args.inner,
-                             generator=g, features_fn=features)
-    t_up = time.perf_counter() - t0
-    log(f"  LSM: simulate {t_sim:.2f} s, fit {t_fit:.2f} s, lower {t_low:.2f} s, "
-        f"upper {t_up:.2f} s")
     nfun = {"poly2": 28, "poly3": 84}[args.basis]
-    rows.append((f"LSM {args.basis} ({nfun} fns)", args.paths, t_sim, t_fit, low, t_low, up,
-                 t_up))
+    rows.append(row(f"LSM {args.basis} ({nfun} fns)", "LSM", fit.policy, args.paths, t_sim,
+                    t_fit))
 
     # --- neural stopping (Becker, Cheridito & Jentzen 2019)
     t0 = time.perf_counter()
@@ -136,18 +140,9 @@ def main(argv=None):
                      lr=1e-3, seed=args.seed, warm_start=not args.cold_start)
     t_fit_n = time.perf_counter() - t0
     del paths
-    t0 = time.perf_counter()
-    nlow = lower_bound(nfit.policy, gbm, reward, features, args.eval_paths, g)
-    t_low_n = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    nup = st.dual_upper_bound(nfit.policy, gbm, reward, n_outer=args.outer, n_inner=args.inner,
-                              generator=g, features_fn=features)
-    t_up_n = time.perf_counter() - t0
-    log(f"  neural: simulate {t_sim_n:.2f} s, fit {t_fit_n:.2f} s, lower {t_low_n:.2f} s, "
-        f"upper {t_up_n:.2f} s")
     start = "cold" if args.cold_start else "warm"
-    rows.append((f"neural ({args.epochs} ep, {start})", args.neural_paths, t_sim_n, t_fit_n, nlow,
-                 t_low_n, nup, t_up_n))
+    rows.append(row(f"neural ({args.epochs} ep, {start})", "neural", nfit.policy,
+                    args.neural_paths, t_sim_n, t_fit_n))
 
     print(f"\nlower bound: {args.eval_paths} independent paths; upper bound: Andersen-Broadie "
           f"{args.outer} outer x {args.inner} inner paths")
