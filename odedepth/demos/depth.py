@@ -137,22 +137,27 @@ def fit_rules(model: ContinuousDepthClassifier, x, y, cfg: DemoConfig, *, genera
     """Fit the three learned rules on a frozen flow. Returns `{name: rule}`."""
     feats = RuleFeatures("confidence", t1=cfg.t1)
     rules = {}
+
+    def _adam_steps(rule, steps, loss_on):
+        # Adam on the rule's parameters, one random mini-batch of the training split per step.
+        opt = torch.optim.Adam(rule.parameters(), lr=cfg.rule_lr)
+        for _ in range(steps):
+            idx = torch.randint(0, len(x), (cfg.eval_batch,), generator=generator)
+            loss = loss_on(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if progress is not None:
+                progress.update(1)
+
     with _frozen(model):
         h0 = model.embed(x).detach()
         # 1. hazard: minimise the exact expected objective (integrated with the state)
         hz = HazardRule(RuleFeatures("confidence", t1=cfg.t1), hidden=16,
                         init_rate=2.0 / cfg.t1)
         obj = FlowObjective(model.head, rule=hz, cost=cfg.cost, t1=cfg.t1)
-        opt = torch.optim.Adam(hz.parameters(), lr=cfg.rule_lr)
-        for _ in range(cfg.hazard_steps):
-            idx = torch.randint(0, len(x), (cfg.eval_batch,), generator=generator)
-            v = flow_objective(model.flow, h0[idx], y[idx], obj, method="rk4", dt=cfg.rule_dt)
-            loss = v.total.mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if progress is not None:
-                progress.update(1)
+        _adam_steps(hz, cfg.hazard_steps, lambda idx: flow_objective(
+            model.flow, h0[idx], y[idx], obj, method="rk4", dt=cfg.rule_dt).total.mean())
         rules["hazard"] = hz
         # 2. free boundary: Longstaff-Schwartz on checkpoint trajectories
         with torch.no_grad():
@@ -164,17 +169,8 @@ def fit_rules(model: ContinuousDepthClassifier, x, y, cfg: DemoConfig, *, genera
             progress.update(1)
         # 3. event boundary: trained through the solver's event-time gradient
         ev = EventBoundaryRule(RuleFeatures("confidence", t1=cfg.t1), hidden=16, init_stop=0.5)
-        opt = torch.optim.Adam(ev.parameters(), lr=cfg.rule_lr)
-        for _ in range(cfg.event_steps):
-            idx = torch.randint(0, len(x), (cfg.eval_batch,), generator=generator)
-            obj_v, _ = stopped_objective(model.flow, h0[idx], y[idx], ev, model.head,
-                                         cost=cfg.cost)
-            loss = obj_v.mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if progress is not None:
-                progress.update(1)
+        _adam_steps(ev, cfg.event_steps, lambda idx: stopped_objective(
+            model.flow, h0[idx], y[idx], ev, model.head, cost=cfg.cost)[0].mean())
         rules["event boundary"] = ev
     return rules
 
