@@ -254,7 +254,8 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
     - `strike`, `rate`, `vol`, `maturity`, `dividend`: K, r, sigma >= 0, T > 0, q.
     - `exercise`: `"american"`, `"european"` or `"bermudan"`; with `exercise_dates` given and
       `exercise` left `"american"`, `"bermudan"` is implied.
-    - `exercise_dates`: Bermudan dates in (0, T] (calendar times, the maturity is always one).
+    - `exercise_dates`: Bermudan dates in [0, T] (calendar times; the maturity is always one, and
+      0 means exercise is also allowed now).
     - `spot_range`: `(S_min, S_max)` of the grid; default ln K ± w with
       w = max(5 sigma sqrt(T) + |r - q| T, 0.5) (or `width` if given) — wide enough that the
       far-field Dirichlet values below are accurate to far below 1e-6.

@@ -97,8 +97,7 @@ def neural(features: Tensor, rewards: Tensor | None = None, *, reward_fn: Callab
     - `rewards`: `(n_paths, n_times)` discounted rewards, any sign; or `reward_fn(features)`.
     - `hidden`: width of the hidden layers (default `k + 40`, the paper's choice), `layers`:
       number of hidden layers (default 2, as in the paper).
-    - `epochs`: passes over the paths for the network of each time (the network of time `t` is
-      initialised from that of `t + 1`); `batch_size`; `lr` (Adam).
+    - `epochs`: passes over the paths for the network of each time; `batch_size`; `lr` (Adam).
     - `seed`: seeds initialisation and shuffling (the global RNG is left untouched).
     - `warm_start`: initialise each network from the next time's (the paper's choice; faster,
       but can get stuck when the next decision is saturated, see the module docstring).
