@@ -357,7 +357,7 @@ def test_diminishing_returns_expected_depth(method):
     else:
         fit = st.neural(torch.log(gain)[:, :, None], rewards, epochs=3, batch_size=512, lr=1e-2)
     # the value is flat near the boundary: near-optimal value, expected depth within 5 %
-    assert fit.value <= best + 1e-12
+    # (no upper check: `best` is the pathwise maximum, which no rule can exceed)
     assert fit.value >= best * (1 - 1e-3)
     assert float(fit.stop_index.double().mean()) == pytest.approx(e_tau, rel=0.05)
 
