@@ -318,6 +318,7 @@ def _rules():
     with torch.no_grad():
         ev.net[0].weight.mul_(20.0)  # stopping times that differ between samples
         ev.net[2].weight.normal_(0, 2.0)
+    torch.manual_seed(7)  # (drawn after ev, the hazard never reached its median: vacuous)
     hz = HazardRule(RuleFeatures("confidence"), hidden=8).double()
     with torch.no_grad():
         hz.net[0].weight.mul_(20.0)
@@ -355,10 +356,12 @@ def test_halting_times_differ_between_samples_and_save_evaluations():
     x = torch.randn(32, 6, dtype=torch.float64) * 2
     with torch.no_grad():
         full = model.predict(x, None)
-        halted = model.predict(x, _rules()["event"])
-    assert halted.tau.std() > 0.05               # per-sample depths, not one shared depth
-    assert (halted.nfe <= full.nfe).all()
-    assert halted.nfe.sum() < full.nfe.sum()
+        for name, rule in _rules().items():  # every rule of the batch-vs-alone test halts
+            halted = model.predict(x, rule)
+            assert halted.tau.std() > 0.03, name  # per-sample depths, not one shared depth
+            assert halted.halted.sum() >= 2 and (halted.tau[halted.halted] > 0).any(), name
+            assert (halted.nfe <= full.nfe).all(), name
+            assert halted.nfe.sum() < full.nfe.sum(), name
 
 
 # ------------------------------------------------------ finite stopping on long horizons
