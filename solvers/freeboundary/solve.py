@@ -133,6 +133,33 @@ class Result:
         sec = 2.0 * (v0 / d0 + v1 / d1 + v2 / d2)
         return val, der, sec
 
+    def _smoothed_second(self, xq: Tensor, half: int = 4) -> Tensor:
+        """Second x-derivative at `xq` of the least-squares quadratic through the `2 half + 1`
+        nodes around it (fewer on tiny grids; the window slides inwards at the domain's ends).
+
+        Where the free boundary has crossed nodes during the solve, V(0, .) carries a ripple of
+        node-scale wavelength and size O(h^2): harmless for the value and delta, but O(1) in
+        the 3-point second difference (a few percent of gamma on an American put, not shrinking
+        as the grid is refined). Fitting over 9 nodes damps it about 30-fold; on smooth
+        (European) values the bias is below 1e-5 relative at the grids used in the tests.
+        """
+        bsz, nx = self.x.shape
+        half = max(1, min(half, (nx - 1) // 2))
+        width = 2 * half + 1
+        idx = torch.searchsorted(self.x, xq.contiguous()).clamp(1, nx - 1)
+        left = torch.gather(self.x, 1, idx - 1)
+        right = torch.gather(self.x, 1, idx)
+        near = torch.where(xq - left < right - xq, idx - 1, idx)
+        start = (near - half).clamp(0, nx - width)
+        cols = (start.unsqueeze(-1) + torch.arange(width, device=xq.device)).reshape(bsz, -1)
+        dx = torch.gather(self.x, 1, cols).reshape(*xq.shape, width) - xq.unsqueeze(-1)
+        vs = torch.gather(self.values, 1, cols).reshape(*xq.shape, width, 1)
+        span = dx.abs().amax(dim=-1, keepdim=True)  # scaled abscissae: a well-conditioned fit
+        u = dx / span
+        design = torch.stack([torch.ones_like(u), u, u * u], dim=-1)
+        coef = torch.linalg.lstsq(design, vs).solution[..., 0]
+        return 2.0 * coef[..., 2] / (span[..., 0] * span[..., 0])
+
     def _shape(self, out: Tensor, scalar: bool, squeeze_b: bool) -> Tensor:
         if scalar:
             return out[:, 0]
@@ -158,9 +185,16 @@ class Result:
         return self._shape(der, sc, sq)
 
     def gamma_at(self, state) -> Tensor:
-        """d²V/dstate² at t = 0 (for Black–Scholes (V_xx - V_x) / S²)."""
+        """d²V/dstate² at t = 0 (for Black–Scholes (V_xx - V_x) / S²).
+
+        V_xx comes from a least-squares quadratic over the 9 nearest nodes rather than the
+        3-point stencil of :meth:`value_at`: an American value carries a node-scale ripple left
+        by the free boundary's crossing of nodes, which the 3-point second difference turns into
+        an error of a few percent (2.6 % on the S = 36 put at any grid size).
+        """
         xq, sc, sq = self._query(state)
-        _, der, sec = self._local(xq)
+        _, der, _ = self._local(xq)
+        sec = self._smoothed_second(xq)
         if self.problem.transform == "log":
             sec = (sec - der) / torch.exp(2.0 * xq)
         return self._shape(sec, sc, sq)
