@@ -141,7 +141,7 @@ class Result:
         node-scale wavelength and size O(h^2): harmless for the value and delta, but O(1) in
         the 3-point second difference (a few percent of gamma on an American put, not shrinking
         as the grid is refined). Fitting over 9 nodes damps it about 30-fold; on smooth
-        (European) values the bias is below 1e-5 relative at the grids used in the tests.
+        (European) values it adds a bias of O(h^2): 4e-5 relative at 800 nodes, 1.7e-4 at 400.
         """
         bsz, nx = self.x.shape
         half = max(1, min(half, (nx - 1) // 2))
