@@ -69,17 +69,9 @@ def training_overhead(dev, width, size, batch, repeats):
         if cfg is not None:
             m.configure(cfg)
         steps[name] = _step_fn(m, x, y, torch.optim.SGD(m.parameters(), lr=0.01))
-        for _ in range(3):
+        for _ in range(2):  # warm-up (with the one in _interleaved: three steps, as before)
             steps[name]()
-    times = {k: [] for k in steps}
-    for _ in range(repeats):  # interleave so that machine-load drift hits every variant alike
-        for k, f in steps.items():
-            _sync(dev)
-            t0 = time.perf_counter()
-            f()
-            _sync(dev)
-            times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = _interleaved(steps, repeats, dev)
     print(f"\n[{dev}] training step, batch {batch}, {size}x{size}, widths {width}x(1,2,4,8), "
           f"median of {repeats}:")
     print("| variant | ms/step | vs reference | reference |")
