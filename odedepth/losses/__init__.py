@@ -5,7 +5,7 @@
 - :mod:`.discrete`: gated depth with self-distillation and gate scheduling, the ADN super/base
   distillation, stage cost through skip projections, for networks with blocks.
 
-Everything is re-exported here: ``from odedepth.losses import stage_cost``.
+Everything is re-exported here: ``from odedepth.losses import stage_cost_loss``.
 """
 
 from .continuous import *  # noqa: F401,F403
