@@ -314,11 +314,6 @@ class _Operator:
             self.l[-1] = self.l[-1] - self.u[-1] * rho
             self.u[-1] = 0.0
 
-    def apply(self, v: Tensor) -> Tensor:
-        """(A v) on the interior rows for the full node-major vector v `(nx, B)`."""
-        out = self.d * v[1:-1] + self.l * v[:-2] + self.u * v[2:]
-        return out
-
 
 def _check_int(name: str, v, minimum: int):
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:

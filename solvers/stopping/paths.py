@@ -7,7 +7,7 @@ which nested simulation (the Andersen--Broadie dual upper bound) needs. Fraction
 is not Markov and only samples whole paths.
 
 All simulators take an optional `torch.Generator` for reproducibility and run on the device of
-their parameters (`device=` argument).
+their parameters (`device=` argument; a `MarkovChain` on that of its transition matrices).
 """
 
 from __future__ import annotations
