@@ -181,14 +181,16 @@ def test_time_dependent_callable_coefficients_match_piecewise_closed_form():
 # ---------------------------------------------------------------- batching
 @given(st.lists(st.tuples(st.floats(0.15, 0.45), st.floats(0.0, 0.08), st.floats(0.0, 0.05),
                           st.floats(0.3, 2.0)), min_size=2, max_size=4),
-       st.sampled_from(["brennan-schwartz", "policy", "projection"]))
+       st.sampled_from(["brennan-schwartz", "policy", "projection"]),
+       st.sampled_from(["put", "call"]))
 @settings(max_examples=6)
-def test_batched_equals_looped(params, lcp):
+def test_batched_equals_looped(params, lcp, kind):
+    # calls take the mirrored Brennan–Schwartz sweep, in the batched and the single-problem path
     vol, r, q, T = (torch.tensor(c, dtype=torch.float64) for c in zip(*params))
     K = torch.full_like(vol, 100.0)
-    batch = fb.solve(fb.black_scholes("put", K, r, vol, T, dividend=q), nx=60, nt=20, lcp=lcp)
+    batch = fb.solve(fb.black_scholes(kind, K, r, vol, T, dividend=q), nx=60, nt=20, lcp=lcp)
     for i in range(len(params)):
-        one = fb.solve(fb.black_scholes("put", 100.0, r[i].item(), vol[i].item(), T[i].item(),
+        one = fb.solve(fb.black_scholes(kind, 100.0, r[i].item(), vol[i].item(), T[i].item(),
                                         dividend=q[i].item()), nx=60, nt=20, lcp=lcp)
         torch.testing.assert_close(batch.values[i], one.values[0], rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(batch.boundary[1][i], one.boundary[1][0], rtol=1e-9,
