@@ -285,6 +285,10 @@ def test_sdeblock_bad_inputs():
         SDEBlock(f, dt=0.0)
     with pytest.raises(ValueError, match="euler"):
         SDEBlock(f, backend="torchsde").solve(torch.ones(2, 2), stop=FixedDepth(0.5))
+    with pytest.raises(ValueError, match="NaN"):
+        SDEBlock(f).solve(torch.full((2, 2), float("nan")))
+    with pytest.raises(TypeError, match="stop must be a StoppingRule"):
+        SDEBlock(f).solve(torch.ones(2, 2), stop=lambda t, h: h.sum(-1))
 
 
 def test_halted_trajectory_marks_checkpoints_after_the_stop_invalid():

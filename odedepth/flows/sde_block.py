@@ -121,6 +121,11 @@ class SDEBlock(nn.Module):
         """
         if not isinstance(h0, Tensor) or h0.dim() < 2 or not h0.is_floating_point():
             raise ValueError("SDEBlock.solve: h0 must be a floating tensor (batch, *state)")
+        if not torch.isfinite(h0).all():
+            raise ValueError("SDEBlock.solve: h0 contains NaN or inf")
+        if stop is not None and not callable(getattr(stop, "score", None)):
+            raise TypeError(f"SDEBlock.solve: stop must be a StoppingRule (with a score method), "
+                            f"got {type(stop).__name__}")
         n_steps = max(1, math.ceil(self.t1 / self.dt - 1e-9))
         dt = self.t1 / n_steps
         if self.backend == "torchsde":
@@ -172,8 +177,10 @@ class SDEBlock(nn.Module):
         ys = torchsde.sdeint(_TorchsdeAdapter(self, shape), h0.reshape(b, -1), ts, dt=dt,
                              method=self.method)
         hs = ys.permute(1, 0, 2).reshape(b, len(ts), *shape)
-        return SDESolution(h=hs[:, -1], t=torch.full((b,), float(ts[-1]), dtype=h0.dtype),
-                           halted=torch.zeros(b, dtype=torch.bool),
-                           n_steps=torch.full((b,), round(float(ts[-1]) / dt)),
+        dev = h0.device
+        return SDESolution(h=hs[:, -1], t=torch.full((b,), float(ts[-1]), dtype=h0.dtype,
+                                                     device=dev),
+                           halted=torch.zeros(b, dtype=torch.bool, device=dev),
+                           n_steps=torch.full((b,), round(float(ts[-1]) / dt), device=dev),
                            ts=ts if t_eval is not None else None,
                            hs=hs if t_eval is not None else None)
