@@ -32,10 +32,12 @@ class DepthTrajectory:
     - `states`: optional `(batch, n, *state)` hidden states at each depth. States of different
       stages may differ in shape; then keep `states=None` and pass the head outputs only.
     - `cost`: optional `(n,)` or `(batch, n)` cumulative cost of reaching each depth (e.g.
-      multiply-adds or function evaluations). Defaults to the depths themselves.
+      multiply-adds or function evaluations; finite, >= 0, non-decreasing). Defaults to the
+      depths themselves.
     - `kind`: what `depths` measures: `"block"`, `"time"` or `"cost"`.
     - `valid`: optional `(batch, n)` boolean mask of the depths a sample actually visited (a sample
-      that halted early has no outputs beyond its stop). Defaults to all true.
+      that halted early has no outputs beyond its stop, so each row is true up to some depth
+      and false after it). Defaults to all true.
 
     **Raises:** `ValueError` naming the argument whose shape, dtype or values are wrong.
     """
@@ -84,6 +86,11 @@ class DepthTrajectory:
                     f"DepthTrajectory: cost must have shape ({n},) or ({batch}, {n}), "
                     f"got {tuple(c.shape)}"
                 )
+            if not torch.isfinite(c).all() or (c < 0).any():
+                raise ValueError("DepthTrajectory: cost must be finite and >= 0")
+            if n > 1 and (c.diff(dim=-1) < 0).any():
+                raise ValueError("DepthTrajectory: cost is cumulative, so it must be "
+                                 "non-decreasing along the depth axis")
             self.cost = c
         if self.valid is not None:
             v = torch.as_tensor(self.valid, device=self.outputs.device)
@@ -94,6 +101,9 @@ class DepthTrajectory:
                 )
             if not v[:, 0].all():
                 raise ValueError("DepthTrajectory: every sample must have visited the first depth")
+            if n > 1 and (v[:, 1:] & ~v[:, :-1]).any():
+                raise ValueError("DepthTrajectory: valid must be a prefix per sample (visited "
+                                 "depths, then none once the sample halted), found a gap")
             self.valid = v
 
     # ------------------------------------------------------------------ shape helpers

@@ -66,6 +66,12 @@ def test_valid_mask_limits_stop_index():
     (dict(depths=torch.arange(3.0), outputs=torch.zeros(2, 3, 2), kind="layers"), "kind must be"),
     (dict(depths=torch.arange(3.0), outputs=torch.zeros(2, 3, 2), states=torch.zeros(3, 3)),
      "states must start"),
+    (dict(depths=torch.arange(3.0), outputs=torch.zeros(2, 3, 2),
+          cost=torch.tensor([3.0, 2.0, 1.0])), "cost is cumulative"),
+    (dict(depths=torch.arange(3.0), outputs=torch.zeros(2, 3, 2),
+          cost=torch.tensor([-1.0, 2.0, 3.0])), "cost must be finite and >= 0"),
+    (dict(depths=torch.arange(3.0), outputs=torch.zeros(2, 3, 2),
+          valid=torch.tensor([[True, False, True], [True, True, True]])), "found a gap"),
 ])
 def test_bad_input_is_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
