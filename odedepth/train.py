@@ -21,6 +21,7 @@ same sub-network (build DDP with `find_unused_parameters=True`).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -206,6 +207,10 @@ def fit(
         raise ValueError(f"fit: lr must be positive and finite, got {lr}")
     if schedule not in (None, "cosine"):
         raise ValueError(f"fit: schedule must be 'cosine' or None, got {schedule!r}")
+    if checkpoint is not None:  # fail now, not after the first epoch's training
+        folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"fit: checkpoint directory {folder!r} does not exist")
     dev = torch.device(device)
     model.to(dev)
     if optimizer is None:

@@ -514,5 +514,10 @@ def test_train_engine_one_epoch_equals_manual_sgd_and_evaluate(tmp_path):
         torch.testing.assert_close(state["model"][k], v)
     with pytest.raises(ValueError, match="epochs"):
         fit(model, loader, epochs=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FileNotFoundError, match="checkpoint directory"):
+        fit(model, loader, epochs=1, checkpoint=str(tmp_path / "missing" / "ck.pt"))
+    for k, v in model.state_dict().items():  # refused before any training step
+        assert torch.equal(v, before[k]), k
     with pytest.raises(ValueError, match="either"):
         train_one_epoch(model, loader, opt, objective=obj, step_fn=adn_step)
