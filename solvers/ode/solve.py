@@ -391,7 +391,7 @@ def _integrate(p, dense_output, compact):
     def record(sel, t_sel, y_sel, status, steps, nacc_sel):
         if p.t1_grad is not None:  # f at the final point (used for SUCCESS rows only)
             rec_f.append(k1.detach().index_select(0, sel))
-        ids = idx[sel]
+        ids = idx.index_select(0, sel)
         rec_idx.append(ids)
         rec_t.append(t_sel)
         rec_y.append(y_sel)
@@ -421,7 +421,7 @@ def _integrate(p, dense_output, compact):
     if fast:
         Kbuf = torch.empty(n_ext, B * D, dtype=dtype, device=device)
         A_t, B_t, E_t = method.stage_matrices(dtype, device)
-        kview_n, K, Kv = -1, None, None
+        kview_n, K, Kv, Kpre = -1, None, None, None
 
     if adaptive:
         if p.first_step is not None:
@@ -532,21 +532,25 @@ def _integrate(p, dense_output, compact):
             # Stages scaled by h live in rows of one flat buffer, so each stage input is a
             # single addmm: y_i = y + sum_j a_ij (h k_j)  (one BLAS call instead of i ops).
             if kview_n != n:
-                K, Kv, kview_n = Kbuf[:, : n * D], [Kbuf[i, : n * D].view(n, *p.state_shape)
-                                                    for i in range(n_ext)], n
+                # Views of the buffer for this active-set size, rebuilt only on compaction:
+                # per-stage rows (n, *state) and the row prefixes K[:i] the addmm's read.
+                K = Kbuf[:, : n * D]
+                Kv = K.view(n_ext, n, *p.state_shape).unbind(0)
+                Kpre = [None] + [K[:i] for i in range(1, s + 1)]
+                kview_n = n
             yflat = y.reshape(1, n * D)
             torch.mul(k1, hb, out=Kv[0])
             yi, fi = y, k1
             for i in range(1, s):
-                yi = torch.addmm(yflat, A_t[i], K[:i]).view_as(y)
+                yi = torch.addmm(yflat, A_t[i], Kpre[i]).view_as(y)
                 fi = fcall(tst[i], yi, argsa)
                 torch.mul(fi, hb, out=Kv[i])
             if fsal:
                 y_new, f_new = yi, fi
             else:
-                y_new = torch.addmm(yflat, B_t, K[:s]).view_as(y)
+                y_new = torch.addmm(yflat, B_t, Kpre[s]).view_as(y)
             if adaptive:
-                err = torch.mm(E_t, K[:s]).view_as(y)
+                err = torch.mm(E_t, Kpre[s]).view_as(y)
         else:
             ks = [k1]
             yi = y
@@ -696,7 +700,8 @@ def _integrate(p, dense_output, compact):
                 ok = done & ~failed
             sel = ok.nonzero().flatten()
             if sel.numel():
-                record(sel, t[sel], y[sel], Status.SUCCESS, it, nacc[sel])
+                record(sel, t.index_select(0, sel), y.index_select(0, sel), Status.SUCCESS, it,
+                       nacc.index_select(0, sel))
             sel = failed.nonzero().flatten()
             if sel.numel():
                 if adaptive:
@@ -704,7 +709,8 @@ def _integrate(p, dense_output, compact):
                                        int(Status.NONFINITE))
                 else:
                     code = Status.NONFINITE
-                record(sel, t[sel], y[sel], code, it, nacc[sel])
+                record(sel, t.index_select(0, sel), y.index_select(0, sel), code, it,
+                       nacc.index_select(0, sel))
             if live is None:
                 keep = (~done).nonzero().flatten()
                 n_active = keep.numel()
