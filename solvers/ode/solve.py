@@ -581,18 +581,13 @@ def _integrate(p, dense_output, compact):
                 h_next = hs * fac
                 if p.dt_max < math.inf:
                     h_next = h_next.clamp(-p.dt_max, p.dt_max)
-                # Cannot shrink further (user dt_min or the float spacing of t): fail.
-                # (bool > bool is "and not": too small and rejected)
-                failed = (h_next.abs() < floor) > accept
         else:
             with torch.no_grad():
                 finite = torch.isfinite(y_new.flatten(1).sum(1))
                 accept = finite
-                failed = ~finite
                 h_next = h
         if live is not None:
             accept = accept & live
-            failed = failed & live
         if not fsal:
             f_new = fcall(t_new, y_new, argsa)
             if fast and need_coef:
@@ -680,13 +675,27 @@ def _integrate(p, dense_output, compact):
                                   y.index_select(0, sub), get_coef().index_select(0, sub)))
 
         # --- merge accepted steps ------------------------------------------------------------
+        h = h_next
+        # Usually every active sample accepted its step and none reached its end: then the
+        # step's values are taken as they are, and this is the one host sync of the step.
+        # (A failure needs a rejection, a finished sample `last`; masked mode's finished
+        # samples count as rejected, so they are never overwritten.)
+        if ev_sel is None and not bool((~accept).logical_or_(last).any()):
+            y, k1, t = y_new, f_new, t_new
+            nacc += 1
+            continue
         acc_b = accept.reshape(-1, *ones)
         y = torch.where(acc_b, y_new, y)
         k1 = torch.where(acc_b, f_new, k1)
         t = torch.where(accept, t_new, t)
-        h = h_next
         nacc += accept
 
+        with torch.no_grad():
+            # Cannot shrink further (user dt_min or the float spacing of t): fail.
+            # (bool > bool is "and not": too small and rejected)
+            failed = ((h_next.abs() < floor) > accept) if adaptive else ~finite
+            if live is not None:
+                failed = failed & live
         done = (accept & last) | failed
         if ev_sel is not None:
             done = done.index_fill(0, ev_sel, True)
