@@ -109,8 +109,8 @@ def solve(f, y0, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8, t_eval=None, 
                              adjoint_options=adjoint_options, compact=compact, args=args)
     p = _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, first_step,
                   dt_min, dt_max, controller, args)
-    sol = _integrate(p, dense_output=dense_output, compact=compact)
-    if throw and bool((sol.status >= int(Status.MAX_STEPS)).any()):
+    sol, any_failed = _integrate(p, dense_output=dense_output, compact=compact)
+    if throw and any_failed:
         raise SolveError(failure_message(sol.status, sol.t), sol)
     return sol
 
@@ -387,6 +387,7 @@ def _integrate(p, dense_output, compact):
     out_idx, out_val = [], []
     dense_rec = []
     rec_f = []
+    failures = [False]  # whether a sample ended with a failure status (MAX_STEPS or worse)
 
     def record(sel, t_sel, y_sel, status, steps, nacc_sel):
         if p.t1_grad is not None:  # f at the final point (used for SUCCESS rows only)
@@ -395,8 +396,12 @@ def _integrate(p, dense_output, compact):
         rec_idx.append(ids)
         rec_t.append(t_sel)
         rec_y.append(y_sel)
-        rec_status.append(status if isinstance(status, torch.Tensor)
-                          else torch.full_like(ids, int(status)))
+        if isinstance(status, torch.Tensor):
+            rec_status.append(status)
+            failures[0] = True  # per-sample failure codes
+        else:
+            rec_status.append(torch.full_like(ids, int(status)))
+            failures[0] = failures[0] or int(status) >= int(Status.MAX_STEPS)
         rec_steps.append(torch.full_like(ids, steps))
         rec_acc.append(nacc_sel)
 
@@ -737,13 +742,16 @@ def _integrate(p, dense_output, compact):
         n_steps, n_acc = rec_steps[0], rec_acc[0]
         f_out = rec_f[0] if rec_f else None
     else:
-        perm = torch.argsort(torch.cat(rec_idx))
-        t_out = torch.cat(rec_t)[perm]
-        y_out = torch.cat(rec_y)[perm]
-        status = torch.cat(rec_status)[perm].long()
-        n_steps = torch.cat(rec_steps)[perm]
-        n_acc = torch.cat(rec_acc)[perm]
-        f_out = torch.cat(rec_f)[perm] if rec_f else None
+        # Every sample is recorded exactly once: scatter the records to batch order (no sort).
+        cidx = torch.cat(rec_idx)
+
+        def place(parts):
+            src = torch.cat(parts) if len(parts) > 1 else parts[0]
+            return src.new_empty(src.shape).index_copy_(0, cidx, src)
+
+        t_out, y_out, status = place(rec_t), place(rec_y), place(rec_status).long()
+        n_steps, n_acc = place(rec_steps), place(rec_acc)
+        f_out = place(rec_f) if rec_f else None
     if p.t1_grad is not None:
         # Value zero, gradient 1 w.r.t. t1 on samples that reached t1: d y/d t1 = f(t1, y).
         shift = (p.t1_grad - p.t1_grad.detach()) * (status == int(Status.SUCCESS))
@@ -784,7 +792,8 @@ def _integrate(p, dense_output, compact):
             dense = DenseOutput(B, empty, et, et, et, p.y0[:0],
                                 p.y0[:0, None].expand(0, 1, *p.state_shape),
                                 direction=p.direction, t0=p.t0)
-    return Solution(t_out, y_out, status, stats, ts=ts, ys=ys, t_event=t_event, dense=dense)
+    return (Solution(t_out, y_out, status, stats, ts=ts, ys=ys, t_event=t_event, dense=dense),
+            failures[0])
 
 
 def _event_needs_grad(gcall, t, y, argsa):
