@@ -10,8 +10,9 @@
 2. Per-sample early exit at batch 256 (eval mode): a rule that stops half of the samples at the
    middle exit (the state-mean median, calibrated on the batch) against running every sample to
    full depth (target >= 1.3x), and against the ideal ratio from multiply-adds; on the CIFAR
-   ResNet-18 (whose early, high-resolution blocks dominate CPU time) and on a residual MLP with
-   equal-cost blocks (where halfway in depth is halfway in time).
+   ResNet-18 (whose early, high-resolution blocks dominate CPU time), on a residual MLP with
+   equal-cost blocks (where halfway in depth is halfway in time), and on a ViT-Tiny (depth 12,
+   width 192, 32x32 input with patch 4: 65 tokens; equal-cost blocks of large per-sample matmuls).
 
 Runs on CPU, and on CUDA too when it is available (synchronised timings).
 Run: `python benchmarks/bench_model_overhead.py` (`--quick` for a smoke run).
@@ -178,6 +179,22 @@ def mlp_case(dev, dim, blocks, batch, repeats):
                        x, repeats)
 
 
+def vit_case(dev, img_size, patch, batch, repeats, **arch):
+    # Equal-cost blocks whose matmuls are (tokens x dim) per sample, so a half batch is close to
+    # half the time. The plain model shares the weights of the one with exits.
+    torch.manual_seed(0)
+    common = dict(img_size=img_size, patch_size=patch, num_classes=10, **arch)
+    m = create_model("vit_tiny", exits="per_block", **common)
+    plain = create_model("vit_tiny", **common)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("exits")},
+                          strict=False)
+    x = torch.randn(batch, 3, img_size, img_size, device=dev)
+    c = m.config
+    tokens = (img_size // patch) ** 2 + 1
+    early_exit_speedup(dev, f"ViT depth {c['depth']} width {c['embed_dim']} {img_size}x{img_size} "
+                       f"patch {patch} ({tokens} tokens)", m, plain, x, repeats)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -191,10 +208,12 @@ def main():
             training_overhead(dev, 8, 16, 16, 5)
             resnet_case(dev, 8, 16, 256, 3)
             mlp_case(dev, 64, 8, 256, 3)
+            vit_case(dev, 16, 4, 256, 3, embed_dim=48, depth=4, num_heads=3)
         else:
             training_overhead(dev, 64 if gpu else 16, 32, 128 if gpu else 32, 50 if gpu else 30)
             resnet_case(dev, 64 if gpu else 16, 32, 256, 50 if gpu else 15)
             mlp_case(dev, 1024 if gpu else 512, 8, 256, 50 if gpu else 15)
+            vit_case(dev, 32, 4, 256, 50 if gpu else 15)  # vit_tiny: depth 12, width 192
 
 
 if __name__ == "__main__":
