@@ -516,6 +516,7 @@ def _integrate(p, dense_output, compact):
         gathered = True
     n_active = idx.numel()
 
+    yabs = None
     it = 0
     while n_active > 0:
         if it >= p.max_steps:
@@ -532,7 +533,7 @@ def _integrate(p, dense_output, compact):
         hb = hs.reshape(-1, *ones)
         n = idx.numel()
         # All stage times in one op: (stages, n).
-        tst = torch.addcmul(t.unsqueeze(0), C_col, hs.unsqueeze(0))
+        tst = torch.addcmul(t, C_col, hs)
         if fast:
             # Stages scaled by h live in rows of one flat buffer, so each stage input is a
             # single addmm: y_i = y + sum_j a_ij (h k_j)  (one BLAS call instead of i ops).
@@ -576,9 +577,12 @@ def _integrate(p, dense_output, compact):
             with torch.no_grad():
                 # RMS norm: rtol and atol were pre-multiplied by sqrt(state size), so the
                 # Euclidean norm of err / scale is the RMS norm of the unscaled ratio.
-                scale = torch.maximum(y.abs(), y_new.abs()).mul_(rtol_n).add_(atol_n)
+                # |y| of the step's start is carried over from the previous step when every
+                # sample accepted it (yabs is None otherwise).
+                yabs_new = y_new.abs()
+                scale = torch.maximum(y.abs() if yabs is None else yabs, yabs_new)
+                scale = scale.mul_(rtol_n).add_(atol_n)
                 ratio = torch.linalg.vector_norm(err.div_(scale), dim=red_dims)
-                finite = ratio < math.inf  # False for NaN and inf
                 accept = ratio <= 1.0
                 fac, cstate = ctrl.factor(ratio, accept, cstate, q)
                 # NaN ratio (non-finite stages): shrink by the minimum factor and retry.
@@ -685,10 +689,13 @@ def _integrate(p, dense_output, compact):
         # step's values are taken as they are, and this is the one host sync of the step.
         # (A failure needs a rejection, a finished sample `last`; masked mode's finished
         # samples count as rejected, so they are never overwritten.)
-        if ev_sel is None and not bool((~accept).logical_or_(last).any()):
+        if ev_sel is None and bool((accept > last).all()):  # accepted and not last
             y, k1, t = y_new, f_new, t_new
+            if adaptive:
+                yabs = yabs_new
             nacc += 1
             continue
+        yabs = None
         acc_b = accept.reshape(-1, *ones)
         y = torch.where(acc_b, y_new, y)
         k1 = torch.where(acc_b, f_new, k1)
@@ -719,6 +726,7 @@ def _integrate(p, dense_output, compact):
             sel = failed.nonzero().flatten()
             if sel.numel():
                 if adaptive:
+                    finite = ratio < math.inf  # False for NaN and inf
                     code = torch.where(finite[sel], int(Status.DT_UNDERFLOW),
                                        int(Status.NONFINITE))
                 else:
