@@ -94,12 +94,12 @@ def illinois(gfun, g_lo, g_hi, tol_theta, max_iter: int = 100):
         # end, the next evaluation tol away from it closes the bracket to width tol instead
         # of creeping towards the root (which made e.g. linear g take ~50 iterations).
         margin = torch.minimum(tol_theta, 0.5 * width)
-        c = torch.minimum(torch.maximum(c, a + margin), b - margin)
+        c = torch.clamp(c, a + margin, b - margin)  # = min(max(c, a + margin), b - margin)
         gc = gfun(c)
         # c has fired when g(c) has the sign of the fired end, or is zero.
         fired = torch.sign(gc) * sb >= 0
         upd = ~done
-        fb, fa = fired & upd, ~fired & upd
+        fb, fa = fired & upd, upd > fired  # (bool > bool: and not)
         b, gb = torch.where(fb, c, b), torch.where(fb, gc, gb)
         a, ga = torch.where(fa, c, a), torch.where(fa, gc, ga)
         # Illinois: an end kept twice in a row has its value halved (keeps its sign).

@@ -314,12 +314,29 @@ def _lincomb_grad(coeffs, ks):
     return out
 
 
+def _lincomb_fast(coeffs, ks):
+    """`_lincomb_grad` accumulating in place (no autograd graph): same values, fewer buffers."""
+    out = None
+    for c, k in zip(coeffs, ks):
+        if c == 0.0:
+            continue
+        if out is None:
+            out = k * c
+        else:
+            out.add_(k, alpha=c)
+    return out
+
+
 def _horner(y_start, coef, theta):
-    """y_start + sum_j theta^(j+1) coef[:, j]; theta (m,)."""
+    """y_start + sum_j theta^(j+1) coef[:, j]; theta (m,).
+
+    `coef` is the (m, degree, *state) tensor or the sequence of its degree columns.
+    """
+    cols = coef.unbind(1) if isinstance(coef, torch.Tensor) else coef
     th = theta.reshape(-1, *([1] * (y_start.dim() - 1)))
-    acc = coef[:, -1]
-    for j in range(coef.shape[1] - 2, -1, -1):
-        acc = torch.addcmul(coef[:, j], th, acc)
+    acc = cols[-1]
+    for j in range(len(cols) - 2, -1, -1):
+        acc = torch.addcmul(cols[j], th, acc)
     return torch.addcmul(y_start, th, acc)
 
 
@@ -605,21 +622,25 @@ def _integrate(p, dense_output, compact):
         coef_cache = []
         step_data = (K, n) if fast else (ks + ([] if fsal else [f_new]), hs)
 
-        def get_coef(sub=None, cache=coef_cache, data=step_data):
+        def get_coef(sub=None, cache=coef_cache, data=step_data, cols=False):
             """(n or len(sub), degree, *state) interpolation coefficients of this step.
 
             The full set is cached; a subset (event steps, usually few samples) is computed
-            from the gathered stages only.
+            from the gathered stages only. ``cols=True`` (with `sub`) gives the degree
+            columns as a sequence instead (what `_horner` reads; no stacking).
             """
             if cache:
-                return cache[0] if sub is None else cache[0].index_select(0, sub)
+                c = cache[0] if sub is None else cache[0].index_select(0, sub)
+                return c.unbind(1) if cols else c
             if fast:
                 # Elementwise combinations, not a matmul: a GEMM's rounding depends on the
                 # number of columns, i.e. on the batch, and results must not.
                 kh = data[0].view(n_ext, data[1], *p.state_shape)
                 if sub is not None:
                     kh = kh.index_select(1, sub)
-                c = torch.stack([_lincomb_grad(w, kh) for w in W_list], dim=1)
+                    if cols:
+                        return [_lincomb_fast(w, kh) for w in W_list]
+                c = torch.stack([_lincomb_fast(w, kh) for w in W_list], dim=1)
             else:
                 kext, hsd = data
                 if sub is not None:
@@ -627,7 +648,7 @@ def _integrate(p, dense_output, compact):
                 c = _interp_coef(W_list, kext, hsd)
             if sub is None:
                 cache.append(c)
-            return c
+            return c.unbind(1) if cols else c
 
         # --- events on the accepted steps ----------------------------------------------------
         ev_sel = None
@@ -638,22 +659,27 @@ def _integrate(p, dense_output, compact):
                 hit = crossed(g_old, g_new, ev.direction) & accept
             if bool(hit.any()):
                 sub = hit.nonzero().flatten()
-                coef = get_coef(sub)
-                y_s, t_s, h_s = y.index_select(0, sub), t[sub], hs[sub]
+                coef = get_coef(sub, cols=True)
+                y_s, t_s = y.index_select(0, sub), t.index_select(0, sub)
+                h_s = hs.index_select(0, sub)
                 a_s = tuple(a.index_select(0, sub) for a in argsa)
                 with torch.no_grad():
-                    cd, yd = coef.detach(), y_s.detach()
-                    tol = ev.tol if ev.tol is not None else 0.0
-                    tol_theta = torch.clamp(tol / h_s.abs(), min=8 * eps)
+                    cd = coef if fast else [c.detach() for c in coef]
+                    yd = y_s.detach()
+                    if ev.tol is None:  # 0 / |h| clamped to 8 eps
+                        tol_theta = torch.full_like(h_s, 8 * eps)
+                    else:
+                        tol_theta = torch.clamp(ev.tol / h_s.abs(), min=8 * eps)
 
                     def gfun(theta, t_s=t_s, h_s=h_s, yd=yd, cd=cd, a_s=a_s):
                         return gcall(t_s + theta * h_s, _horner(yd, cd, theta), a_s).to(dtype)
 
-                    theta = illinois(gfun, g_old[sub], g_new[sub], tol_theta)
+                    theta = illinois(gfun, g_old.index_select(0, sub), g_new.index_select(0, sub),
+                                     tol_theta)
                 t_root = t_s + theta * h_s
                 y_root = _horner(y_s, coef, theta)
                 t_star, y_stop = _ift(fcall, gcall, t_root, y_root, a_s, grad_on)
-                rec_ev_idx.append(idx[sub])
+                rec_ev_idx.append(idx.index_select(0, sub))
                 rec_ev_t.append(t_star)
                 if ev.terminal:
                     ev_sel = sub
@@ -714,9 +740,8 @@ def _integrate(p, dense_output, compact):
         if bool(done.any()):
             # finished at t1 (not by an event)
             if ev_sel is not None:
-                not_ev = torch.ones_like(done).index_fill(0, ev_sel, False)
-                ok = done & ~failed & not_ev
-                record(ev_sel, ev_t, ev_y, Status.EVENT, it, nacc[ev_sel])
+                ok = (done & ~failed).index_fill_(0, ev_sel, False)
+                record(ev_sel, ev_t, ev_y, Status.EVENT, it, nacc.index_select(0, ev_sel))
             else:
                 ok = done & ~failed
             sel = ok.nonzero().flatten()
