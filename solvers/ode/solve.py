@@ -550,7 +550,7 @@ def _integrate(p, dense_output, compact):
         hb = hs.reshape(-1, *ones)
         n = idx.numel()
         # All stage times in one op: (stages, n).
-        tst = torch.addcmul(t, C_col, hs)
+        tst = torch.addcmul(t, C_col, hs).unbind(0)  # (stages,) of (n,) views
         if fast:
             # Stages scaled by h live in rows of one flat buffer, so each stage input is a
             # single addmm: y_i = y + sum_j a_ij (h k_j)  (one BLAS call instead of i ops).
