@@ -97,7 +97,9 @@ def illinois(gfun, g_lo, g_hi, tol_theta, max_iter: int = 100):
         c = torch.clamp(c, a + margin, b - margin)  # = min(max(c, a + margin), b - margin)
         gc = gfun(c)
         # c has fired when g(c) has the sign of the fired end, or is zero.
-        fired = torch.sign(gc) * sb >= 0
+        # (gc * sb: sb is +-1 on rows not done, so this is sign(gc) * sb without the sign op;
+        # rows already done are not updated whatever it gives.)
+        fired = gc * sb >= 0
         upd = ~done
         fb, fa = fired & upd, upd > fired  # (bool > bool: and not)
         b, gb = torch.where(fb, c, b), torch.where(fb, gc, gb)
@@ -105,7 +107,8 @@ def illinois(gfun, g_lo, g_hi, tol_theta, max_iter: int = 100):
         # Illinois: an end kept twice in a row has its value halved (keeps its sign).
         ga = torch.where(fb & kept_a, 0.5 * ga, ga)
         gb = torch.where(fa & kept_b, 0.5 * gb, gb)
-        kept_a, kept_b = torch.where(upd, fb, kept_a), torch.where(upd, fa, kept_b)
+        # Rows already done keep flags that are never read again (fb, fa are False there).
+        kept_a, kept_b = fb, fa
         # NaN from the event function: stop at the last fired point rather than spin.
         done = done | (b - a <= tol_theta) | (gc == 0) | torch.isnan(gc)
         if bool(done.all()):
