@@ -401,6 +401,13 @@ def _integrate(p, dense_output, compact):
     # Finished-sample records, concatenated at the end (no in-place writes: autograd-safe).
     rec_idx, rec_t, rec_y, rec_status, rec_steps, rec_acc = [], [], [], [], [], []
     rec_ev_idx, rec_ev_t = [], []
+    # Event roots are located after the loop, all at once, unless this step needs them: a
+    # terminal event ends the sample's t_eval outputs and dense output at the root.
+    ev_stash = None
+    if ev is not None and (not ev.terminal or (p.t_eval is None and not dense_output)):
+        ev_stash = _EventStash()
+        if not ev.terminal:
+            ev_seen = torch.zeros(B, dtype=torch.bool, device=device)  # crossed already
     out_idx, out_val = [], []
     dense_rec = []
     rec_f = []
@@ -659,33 +666,41 @@ def _integrate(p, dense_output, compact):
                 hit = crossed(g_old, g_new, ev.direction) & accept
             if bool(hit.any()):
                 sub = hit.nonzero().flatten()
-                coef = get_coef(sub, cols=True)
-                y_s, t_s = y.index_select(0, sub), t.index_select(0, sub)
-                h_s = hs.index_select(0, sub)
-                a_s = tuple(a.index_select(0, sub) for a in argsa)
-                with torch.no_grad():
-                    cd = coef if fast else [c.detach() for c in coef]
-                    yd = y_s.detach()
-                    if ev.tol is None:  # 0 / |h| clamped to 8 eps
-                        tol_theta = torch.full_like(h_s, 8 * eps)
-                    else:
-                        tol_theta = torch.clamp(ev.tol / h_s.abs(), min=8 * eps)
-
-                    def gfun(theta, t_s=t_s, h_s=h_s, yd=yd, cd=cd, a_s=a_s):
-                        return gcall(t_s + theta * h_s, _horner(yd, cd, theta), a_s).to(dtype)
-
-                    theta = illinois(gfun, g_old.index_select(0, sub), g_new.index_select(0, sub),
-                                     tol_theta)
-                t_root = t_s + theta * h_s
-                y_root = _horner(y_s, coef, theta)
-                t_star, y_stop = _ift(fcall, gcall, t_root, y_root, a_s, grad_on)
-                rec_ev_idx.append(idx.index_select(0, sub))
-                rec_ev_t.append(t_star)
-                if ev.terminal:
+                if ev_stash is not None:
+                    # Deferred: keep what locating the root needs (the step's start, size,
+                    # event values and h-scaled stages of the hit samples; copies, since the
+                    # stage buffer is reused) and locate every root after the loop at once.
+                    ids = idx.index_select(0, sub)
+                    if not ev.terminal:  # only a sample's first crossing is reported
+                        fresh = ~ev_seen.index_select(0, ids)
+                        if not bool(fresh.all()):
+                            sub, ids = sub[fresh], ids[fresh]
+                        ev_seen.index_fill_(0, ids, True)
+                    if sub.numel():
+                        kh = (K.view(n_ext, n, *p.state_shape).index_select(1, sub) if fast
+                              else [k.index_select(0, sub) for k in step_data[0]])
+                        ev_t, ev_y = ev_stash.add(
+                            torch.stack((t, hs, g_old, g_new)).index_select(1, sub),
+                            y.index_select(0, sub), kh,
+                            tuple(a.index_select(0, sub) for a in argsa))
+                        rec_ev_idx.append(ids)
+                        rec_ev_t.append(ev_t)
+                        if ev.terminal:
+                            ev_sel = sub  # recorded as EVENT below with the placeholders
+                else:
+                    # Immediate (terminal events only): the root ends the sample's t_eval
+                    # outputs and dense output in this step.
+                    coef = get_coef(sub, cols=True)
+                    t_s, h_s = t.index_select(0, sub), hs.index_select(0, sub)
+                    t_root, t_star, y_stop = _locate_root(
+                        gcall, fcall, ev, t_s, h_s, y.index_select(0, sub), coef,
+                        g_old.index_select(0, sub), g_new.index_select(0, sub),
+                        tuple(a.index_select(0, sub) for a in argsa), fast, grad_on)
+                    rec_ev_idx.append(idx.index_select(0, sub))
+                    rec_ev_t.append(t_star)
                     ev_sel = sub
                     ev_t, ev_y = t_star, y_stop
                     step_end = t_new.index_put((sub,), t_root.detach())
-                # Non-terminal: every crossing is recorded; the first one per sample is kept.
             g_old = torch.where(accept, g_new, g_old)
 
         # --- outputs at t_eval inside the accepted step --------------------------------------
@@ -769,6 +784,19 @@ def _integrate(p, dense_output, compact):
                 n_active = int(live.sum())
 
     # --- assemble per-sample outputs ---------------------------------------------------------
+    if ev_stash:
+        # Deferred event roots: located now for every stashed sample at once, then put in
+        # place of the placeholders in the records.
+        t_parts, y_parts = ev_stash.locate(gcall, fcall, ev, W_list, fast, grad_on)
+
+        def resolved(x):
+            if isinstance(x, _Deferred):
+                return (t_parts if x.kind == "t" else y_parts)[x.part]
+            return x
+
+        rec_t[:] = map(resolved, rec_t)
+        rec_y[:] = map(resolved, rec_y)
+        rec_ev_t[:] = map(resolved, rec_ev_t)
     if len(rec_idx) == 1 and not gathered and rec_idx[0].numel() == B:
         # Everything finished together in one record, in batch order already.
         t_out, y_out, status = rec_t[0], rec_y[0], rec_status[0].long()
@@ -871,3 +899,89 @@ def _ift(fcall, gcall, t_root, y_root, a_s, grad_on):
     shape = (-1,) + (1,) * (y_root.dim() - 1)
     y_stop = y_root + fstar * (t_star - t_root.detach()).reshape(shape)
     return t_star, y_stop
+
+
+def _locate_root(gcall, fcall, ev, t_s, h_s, y_s, coef, g_lo, g_hi, a_s, fast, grad_on):
+    """Event root inside the steps ``[t_s, t_s + h_s]`` of the rows that crossed.
+
+    `coef` is the sequence of the steps' interpolation-coefficient columns (see `_horner`),
+    `g_lo`, `g_hi` the event values at the steps' ends. Every operation is row-wise and the
+    Illinois loop freezes converged rows, so a row's root does not depend on the other rows
+    (which is what lets `_integrate` locate roots of different steps together).
+
+    **Returns:** ``(t_root, t_star, y_stop)``: the located time (no gradient), and the event
+    time and state carrying the implicit-function-theorem gradients (`_ift`).
+    """
+    dtype = h_s.dtype
+    with torch.no_grad():
+        cd = coef if fast else [c.detach() for c in coef]
+        yd = y_s.detach()
+        eps = torch.finfo(dtype).eps
+        if ev.tol is None:  # 0 / |h| clamped to 8 eps
+            tol_theta = torch.full_like(h_s, 8 * eps)
+        else:
+            tol_theta = torch.clamp(ev.tol / h_s.abs(), min=8 * eps)
+
+        def gfun(theta):
+            return gcall(t_s + theta * h_s, _horner(yd, cd, theta), a_s).to(dtype)
+
+        theta = illinois(gfun, g_lo, g_hi, tol_theta)
+    t_root = t_s + theta * h_s
+    y_root = _horner(y_s, coef, theta)
+    t_star, y_stop = _ift(fcall, gcall, t_root, y_root, a_s, grad_on)
+    return t_root, t_star, y_stop
+
+
+class _Deferred:
+    """Placeholder in the records for the event times (`kind` "t") or states ("y") of one
+    stashed event step (`part`), replaced once `_EventStash.locate` has run."""
+
+    __slots__ = ("part", "kind")
+
+    def __init__(self, part, kind):
+        self.part, self.kind = part, kind
+
+
+class _EventStash:
+    """Event steps whose roots `_integrate` locates after the loop, all in one go.
+
+    Per hit step it keeps, for the samples that crossed: the rows ``(t, h, g_old, g_new)``
+    stacked as ``(4, m)``, the step's start state, the h-scaled stages (``(n_ext, m,
+    *state)`` on the fast path, a list of ``(m, *state)`` tensors carrying the autograd graph
+    otherwise) and the gathered `args`. A sample is stashed at most once (terminal: it
+    leaves; non-terminal: only its first crossing), so the stash holds at most one step's
+    stages per sample.
+    """
+
+    def __init__(self):
+        self.parts = []
+
+    def __len__(self):
+        return len(self.parts)
+
+    def add(self, sv, y_s, kh, a_s):
+        """Stash one step; returns placeholders for its event times and states."""
+        self.parts.append((sv, y_s, kh, a_s))
+        k = len(self.parts) - 1
+        return _Deferred(k, "t"), _Deferred(k, "y")
+
+    def locate(self, gcall, fcall, ev, W_list, fast, grad_on):
+        """Locate every stashed root; returns the event times and states per stashed step."""
+        sv, y_s, kh, a_s = zip(*self.parts)
+        sizes = [x.shape[1] for x in sv]
+
+        def cat(xs, dim=0):
+            return xs[0] if len(xs) == 1 else torch.cat(xs, dim)
+
+        t_s, h_s, g_lo, g_hi = cat(sv, 1).unbind(0)
+        y_s = cat(y_s)
+        a_s = tuple(cat(col) for col in zip(*a_s))
+        if fast:
+            khc = cat(kh, 1)
+            coef = [_lincomb_fast(w, khc) for w in W_list]
+        else:
+            kext = [cat(col) for col in zip(*kh)]
+            coef = _interp_coef(W_list, kext, h_s).unbind(1)
+        _, t_star, y_stop = _locate_root(gcall, fcall, ev, t_s, h_s, y_s, coef, g_lo, g_hi,
+                                         a_s, fast, grad_on)
+        return t_star.split(sizes), y_stop.split(sizes)
