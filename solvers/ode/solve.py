@@ -664,8 +664,8 @@ def _integrate(p, dense_output, compact):
             with torch.no_grad():
                 g_new = gcall(t_new, y_new, argsa).to(dtype)
                 hit = crossed(g_old, g_new, ev.direction) & accept
-            if bool(hit.any()):
-                sub = hit.nonzero().flatten()
+            sub = hit.nonzero().flatten()  # (syncs: the one host sync of the event test)
+            if sub.numel():
                 if ev_stash is not None:
                     # Deferred: keep what locating the root needs (the step's start, size,
                     # event values and h-scaled stages of the hit samples; copies, since the
@@ -677,7 +677,8 @@ def _integrate(p, dense_output, compact):
                             sub, ids = sub[fresh], ids[fresh]
                         ev_seen.index_fill_(0, ids, True)
                     if sub.numel():
-                        kh = (K.view(n_ext, n, *p.state_shape).index_select(1, sub) if fast
+                        # ([:, sub]: a few times faster than index_select along dim 1)
+                        kh = (K.view(n_ext, n, *p.state_shape)[:, sub] if fast
                               else [k.index_select(0, sub) for k in step_data[0]])
                         ev_t, ev_y = ev_stash.add(
                             torch.stack((t, hs, g_old, g_new)).index_select(1, sub),
