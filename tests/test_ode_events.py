@@ -257,7 +257,7 @@ def oscillator(t, y):
        v0=st.floats(-5.0, 5.0), pick=st.integers(0, 7), graph=st.booleans())
 def test_deferred_terminal_roots_are_batch_independent(x0, v0, pick, graph):
     # Duplicates cross in the same step (several roots of one step located together), the
-    # fixed 0.5 and 40.0 cross many steps apart; a sample alone gets the same bits, on the
+    # fixed 0.5 and 40.0 cross in different steps; a sample alone gets the same bits, on the
     # fast path and with an autograd graph, and the closed form of the free fall.
     x0 = x0 + [x0[0], 0.5, 40.0]
     pick = pick % len(x0)
