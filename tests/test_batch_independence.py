@@ -61,3 +61,27 @@ def test_batch_composition_does_not_matter(samples):
     b = ode.solve(duffing, y0.flip(0), (0.0, t1.flip(0)), rtol=1e-6, atol=1e-8)
     assert torch.equal(a.stats["n_steps"], b.stats["n_steps"].flip(0))
     assert torch.allclose(a.y, b.y.flip(0), rtol=4 * EPS64, atol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(samples=st.lists(sample, min_size=2, max_size=6), reverse=st.booleans(),
+       controller=st.sampled_from(["i", "pi"]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_float_span_equals_tensor_span(samples, reverse, controller, dtype):
+    """Float spans take a specialised path (t1, direction and step floor kept as python
+    numbers); it must give bit-identical steps and results to the same span given as
+    (batch,) tensors, forwards and backwards."""
+    y0 = torch.tensor([[s[0], s[1], s[2]] for s in samples], dtype=dtype)
+    t0, t1 = 0.1, 2.3
+    if reverse:
+        t0, t1 = t1, t0
+    n = len(samples)
+    kw = dict(rtol=1e-5, atol=1e-7, controller=controller)
+    a = ode.solve(duffing, y0, (t0, t1), **kw)
+    b = ode.solve(duffing, y0, (torch.full((n,), t0, dtype=dtype),
+                                torch.full((n,), t1, dtype=dtype)), **kw)
+    assert torch.equal(a.stats["n_steps"], b.stats["n_steps"])
+    assert torch.equal(a.stats["n_rejected"], b.stats["n_rejected"])
+    assert torch.equal(a.y, b.y) and torch.equal(a.t, b.t)
+    # every sample ends exactly on its horizon (t1 rounded to the dtype)
+    assert (a.t == torch.tensor(t1, dtype=dtype)).all()

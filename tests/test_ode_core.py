@@ -256,6 +256,20 @@ def test_no_grad_and_grad_paths_agree():
     torch.testing.assert_close(a.ys, b.ys.detach(), rtol=1e-12, atol=1e-12)
 
 
+def test_inference_mode_matches_no_grad_and_closed_form():
+    # Under torch.inference_mode (cheaper ops) the solver runs the same fast path: same steps,
+    # same values, and the oscillator's closed form (cos t, -sin t).
+    y0 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    with torch.no_grad():
+        a = ode.solve(oscillator, y0, (0.0, 3.0), rtol=1e-9, atol=1e-12)
+    with torch.inference_mode():
+        b = ode.solve(oscillator, y0, (0.0, 3.0), rtol=1e-9, atol=1e-12)
+    assert torch.equal(a.stats["n_steps"], b.stats["n_steps"]) and torch.equal(a.y, b.y)
+    exact = torch.tensor([[math.cos(3.0), -math.sin(3.0)], [math.sin(3.0), math.cos(3.0)]],
+                         dtype=torch.float64)
+    torch.testing.assert_close(b.y, exact, rtol=0, atol=1e-8)
+
+
 def test_nfe_counts_f_rows():
     calls = []
 

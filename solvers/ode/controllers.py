@@ -28,9 +28,9 @@ def lane_pow(x: torch.Tensor, exponent: float) -> torch.Tensor:
     """
     n = x.shape[0]
     pad = (-n) % _LANES
-    if pad:
-        x = torch.cat([x, x.new_ones(pad)])
-    return x.pow(exponent)[:n]
+    if not pad:
+        return x.pow(exponent)
+    return torch.cat([x, x.new_ones(pad)]).pow(exponent)[:n]
 
 
 class IController:

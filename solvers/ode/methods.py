@@ -71,6 +71,15 @@ class ExplicitRK:
             self._interp_cache[key] = w
         return w
 
+    def stage_times(self, dtype, device) -> torch.Tensor:
+        """The nodes ``c`` as a ``(stages, 1)`` column (cached per dtype/device)."""
+        key = ("c", dtype, device)
+        c = self._interp_cache.get(key)
+        if c is None:
+            c = self._interp_cache[key] = torch.tensor(self.tableau.c, dtype=dtype,
+                                                       device=device)[:, None]
+        return c
+
     def stage_matrices(self, dtype, device):
         """Row tensors ``a[i]`` (1, i), ``b`` (1, s) and ``b_err`` (1, s) (cached)."""
         key = ("stages", dtype, device)

@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from .controllers import get_controller, lane_pow
+from .controllers import IController, get_controller, lane_pow
 from .event import Event, crossed, illinois
 from .methods import get_method
 from .solution import DenseOutput, Solution
@@ -357,7 +357,7 @@ def _integrate(p, dense_output, compact):
     grad_on = torch.is_grad_enabled()
     eps = torch.finfo(dtype).eps
     A = [list(r) for r in tab.a]
-    C_col = torch.tensor(tab.c, dtype=dtype, device=device)[:, None]
+    C_col = method.stage_times(dtype, device)
     c_last_is_one = tab.c[-1] == 1.0
     Bw = list(tab.b)
     Berr = list(tab.b_err) if tab.b_err is not None else None
@@ -376,6 +376,15 @@ def _integrate(p, dense_output, compact):
 
     rtol_n = rtol * sqrt_d
     atol_n = atol * sqrt_d
+    # The elementary controller's factor safety * r^(-1/(q+1)) equals r'^(-1/(q+1)) for
+    # r' = r / safety^(q+1): dividing the error by a scale multiplied by safety^(q+1) gives
+    # r' directly and saves one op per step (accept r <= 1: r' <= 1 / safety^(q+1)).
+    fused_ctrl = adaptive and type(ctrl) is IController
+    if fused_ctrl:
+        sq = ctrl.safety ** (q + 1)
+        rtol_c, atol_c, accept_thr = rtol_n * sq, atol_n * sq, 1.0 / sq
+    else:
+        rtol_c, atol_c, accept_thr = rtol_n, atol_n, 1.0
 
     has_args = p.args is not None
     if has_args:
@@ -395,11 +404,21 @@ def _integrate(p, dense_output, compact):
     # --- active-set state ---------------------------------------------------------------------
     idx = torch.arange(B, device=device)
     t, t1, direction = p.t0.clone(), p.t1, p.direction
+    # Float spans (the common case): t1, the direction and the step floor below are the same
+    # for every sample, so they stay python numbers (no per-step tensor ops, nothing to gather
+    # on compaction). t1 is first rounded to the dtype so that scalar arithmetic gives the
+    # same values as the (batch,) tensors would.
+    uniform = p.span_floats is not None and p.span_floats[0] != p.span_floats[1]
+    sgn = 0
+    if uniform:
+        t1 = torch.tensor(p.span_floats[1], dtype=dtype).item()
+        sgn = 1 if p.span_floats[1] > p.span_floats[0] else -1
+        direction = float(sgn)
     y = p.y0
     argsa = (p.args if p.args_is_tuple else (p.args,)) if has_args else ()
 
     # Finished-sample records, concatenated at the end (no in-place writes: autograd-safe).
-    rec_idx, rec_t, rec_y, rec_status, rec_steps, rec_acc = [], [], [], [], [], []
+    rec_idx, rec_t, rec_y, rec_status, rec_steps, rec_rej = [], [], [], [], [], []
     rec_ev_idx, rec_ev_t = [], []
     # Event roots are located after the loop, all at once, unless this step needs them: a
     # terminal event ends the sample's t_eval outputs and dense output at the root.
@@ -413,7 +432,7 @@ def _integrate(p, dense_output, compact):
     rec_f = []
     failures = [False]  # whether a sample ended with a failure status (MAX_STEPS or worse)
 
-    def record(sel, t_sel, y_sel, status, steps, nacc_sel):
+    def record(sel, t_sel, y_sel, status, steps, nrej_sel):
         if p.t1_grad is not None:  # f at the final point (used for SUCCESS rows only)
             rec_f.append(k1.detach().index_select(0, sel))
         ids = idx.index_select(0, sel)
@@ -423,11 +442,11 @@ def _integrate(p, dense_output, compact):
         if isinstance(status, torch.Tensor):
             rec_status.append(status)
             failures[0] = True  # per-sample failure codes
-        else:
-            rec_status.append(torch.full_like(ids, int(status)))
+        else:  # one code for the whole record: expanded once at the end
+            rec_status.append(int(status))
             failures[0] = failures[0] or int(status) >= int(Status.MAX_STEPS)
-        rec_steps.append(torch.full_like(ids, steps))
-        rec_acc.append(nacc_sel)
+        rec_steps.append(int(steps))
+        rec_rej.append(nrej_sel)
 
     # First stage at t0 (carried from step to step afterwards); also validates f's output.
     k1 = fcall(t, y, argsa)
@@ -457,16 +476,17 @@ def _integrate(p, dense_output, compact):
             h = p.first_step * direction
         else:
             with torch.no_grad():
-                scale = atol + torch.as_tensor(rtol) * y.abs() if not isinstance(rtol, float) \
-                    else atol + rtol * y.abs()
-                # Hairer, Norsett & Wanner I, II.4 ("starting step size"), per sample.
-                d0, d1 = rms(y / scale), rms(k1 / scale)
+                # Hairer, Norsett & Wanner I, II.4 ("starting step size"), per sample. The
+                # scale carries the factor sqrt(state size): Euclidean norms are RMS norms.
+                scale = y.abs().mul_(rtol_n).add_(atol_n)
+                d0 = torch.linalg.vector_norm(y / scale, dim=red_dims)
+                d1 = torch.linalg.vector_norm(k1 / scale, dim=red_dims)
                 h0 = torch.where(torch.minimum(d0, d1) < 1e-5, 1e-6, 0.01 * d0 / d1)
-                span = (t1 - t).abs()
+                span = t1 - t if sgn > 0 else (t1 - t).abs()
                 h0 = torch.minimum(h0, span)
-                hd0 = h0 * direction
+                hd0 = h0 if sgn > 0 else h0 * direction
                 f1 = fcall(t + hd0, torch.addcmul(y, hd0.reshape(-1, *ones), k1), argsa)
-                d2 = rms((f1 - k1) / scale) / h0
+                d2 = torch.linalg.vector_norm((f1 - k1).div_(scale), dim=red_dims).div_(h0)
                 dm = torch.maximum(d1, d2)
                 h1 = torch.where(dm <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
                                  lane_pow(0.01 / dm, 1.0 / (q + 1)))
@@ -474,7 +494,7 @@ def _integrate(p, dense_output, compact):
                 # A non-finite f at t0 (NaN sample) must not poison h: start small, let the
                 # step-rejection logic shrink it to the failure floor. (NaN < inf is False.)
                 hh = torch.where(hh < math.inf, hh, 1e-6 * span)
-                h = hh * direction
+                h = hh if sgn > 0 else hh * direction
             nfe_init += 1
         if p.dt_max < math.inf:
             h = h.clamp(-p.dt_max, p.dt_max)
@@ -483,7 +503,9 @@ def _integrate(p, dense_output, compact):
     else:
         h = p.dt * direction
     h = h.detach()
-    nacc = torch.zeros(B, dtype=torch.int64, device=device)
+    # Rejected step attempts per sample (accepted = attempts - rejected). Only steps where
+    # some sample is rejected touch it.
+    nrej = torch.zeros(B, dtype=torch.int64, device=device)
     cstate = ctrl.init_state(B, t) if adaptive else None
 
     if ev is not None:
@@ -503,16 +525,20 @@ def _integrate(p, dense_output, compact):
     # Below this step size a sample cannot make progress: the float spacing of its times,
     # or the user's dt_min (constant per sample: |t| never exceeds max(|t0|, |t1|)).
     floor = torch.clamp(torch.maximum(p.t0.abs(), p.t1.abs()) * (8 * eps), min=p.dt_min)
+    if uniform:  # the same value as a python number (computed as above: identical rounding)
+        tmax = torch.tensor(max(abs(x) for x in p.span_floats), dtype=dtype)
+        floor = torch.clamp(tmax * (8 * eps), min=p.dt_min).item()
 
     def gather(keep):
-        nonlocal idx, t, t1, direction, y, h, k1, nacc, cstate, argsa, live, floor
+        nonlocal idx, t, t1, direction, y, h, k1, nrej, cstate, argsa, live, floor
         nonlocal g_old, te, ptr
         # index_select: several times cheaper than advanced indexing on CPU.
         def take(x):
             return x.index_select(0, keep)
 
-        idx, t, t1, direction, floor = take(idx), take(t), take(t1), take(direction), take(floor)
-        y, h, k1, nacc = take(y), take(h), take(k1), take(nacc)
+        if not uniform:
+            t1, direction, floor = take(t1), take(direction), take(floor)
+        idx, t, y, h, k1, nrej = take(idx), take(t), take(y), take(h), take(k1), take(nrej)
         if cstate is not None:
             cstate = take(cstate)
         argsa = tuple(take(a) for a in argsa)
@@ -530,7 +556,7 @@ def _integrate(p, dense_output, compact):
     gathered = False
     if any_zero:
         sel = zero_span.nonzero().flatten()
-        record(sel, t[sel], y[sel], Status.SUCCESS, 0, nacc[sel])
+        record(sel, t[sel], y[sel], Status.SUCCESS, 0, nrej[sel])
         if p.t_eval is not None:  # all output points equal t0
             for j in range(n_eval):
                 out_idx.append(idx[sel] * n_eval + j)
@@ -547,12 +573,19 @@ def _integrate(p, dense_output, compact):
             sel = torch.arange(idx.numel(), device=device)
             if live is not None:
                 sel = live.nonzero().flatten()
-            record(sel, t[sel], y[sel], Status.MAX_STEPS, it, nacc[sel])
+            record(sel, t[sel], y[sel], Status.MAX_STEPS, it, nrej[sel])
             break
         it += 1
-        rem = t1 - t
-        # A remainder within float spacing of the step is taken now (no sliver of a last step).
-        last = h.abs() >= rem.abs() - floor
+        rem = torch.rsub(t, t1)  # t1 - t (a python t1 would go through Tensor.__rsub__)
+        # A remainder within float spacing of the step is taken now (no sliver of a last step):
+        # |h| >= |rem| - floor, written without the absolute values when all samples share
+        # one direction (h and rem then have its sign).
+        if sgn > 0:
+            last = rem.sub(floor) <= h
+        elif sgn < 0:
+            last = rem.add(floor) >= h
+        else:
+            last = h.abs() >= rem.abs() - floor
         hs = torch.where(last, rem, h)
         hb = hs.reshape(-1, *ones)
         n = idx.numel()
@@ -605,10 +638,14 @@ def _integrate(p, dense_output, compact):
                 # sample accepted it (yabs is None otherwise).
                 yabs_new = y_new.abs()
                 scale = torch.maximum(y.abs() if yabs is None else yabs, yabs_new)
-                scale = scale.mul_(rtol_n).add_(atol_n)
+                scale = scale.mul_(rtol_c).add_(atol_c)
                 ratio = torch.linalg.vector_norm(err.div_(scale), dim=red_dims)
-                accept = ratio <= 1.0
-                fac, cstate = ctrl.factor(ratio, accept, cstate, q)
+                accept = ratio <= accept_thr
+                if fused_ctrl:  # ratio is r / safety^(q+1) (see above)
+                    fac = lane_pow(ratio, -1.0 / (q + 1)).clamp_(ctrl.factor_min,
+                                                                 ctrl.factor_max)
+                else:
+                    fac, cstate = ctrl.factor(ratio, accept, cstate, q)
                 # NaN ratio (non-finite stages): shrink by the minimum factor and retry.
                 fac = torch.nan_to_num(fac, nan=ctrl.factor_min)
                 h_next = hs * fac
@@ -735,14 +772,26 @@ def _integrate(p, dense_output, compact):
             y, k1, t = y_new, f_new, t_new
             if adaptive:
                 yabs = yabs_new
-            nacc += 1
             continue
         yabs = None
+        if ev_sel is None and live is None and bool(accept.all()):
+            # The usual way samples finish: every step accepted, some reached their end.
+            # Nothing to merge and no failure possible: record those and compact.
+            y, k1, t = y_new, f_new, t_new
+            sel = last.nonzero().flatten()
+            record(sel, t.index_select(0, sel), y.index_select(0, sel), Status.SUCCESS, it,
+                   nrej.index_select(0, sel))
+            keep = (~last).nonzero().flatten()
+            n_active = keep.numel()
+            if n_active:
+                gather(keep)
+                gathered = True
+            continue
         acc_b = accept.reshape(-1, *ones)
         y = torch.where(acc_b, y_new, y)
         k1 = torch.where(acc_b, f_new, k1)
         t = torch.where(accept, t_new, t)
-        nacc += accept
+        nrej += ~accept
 
         with torch.no_grad():
             # Cannot shrink further (user dt_min or the float spacing of t): fail.
@@ -757,13 +806,13 @@ def _integrate(p, dense_output, compact):
             # finished at t1 (not by an event)
             if ev_sel is not None:
                 ok = (done & ~failed).index_fill_(0, ev_sel, False)
-                record(ev_sel, ev_t, ev_y, Status.EVENT, it, nacc.index_select(0, ev_sel))
+                record(ev_sel, ev_t, ev_y, Status.EVENT, it, nrej.index_select(0, ev_sel))
             else:
                 ok = done & ~failed
             sel = ok.nonzero().flatten()
             if sel.numel():
                 record(sel, t.index_select(0, sel), y.index_select(0, sel), Status.SUCCESS, it,
-                       nacc.index_select(0, sel))
+                       nrej.index_select(0, sel))
             sel = failed.nonzero().flatten()
             if sel.numel():
                 if adaptive:
@@ -773,7 +822,7 @@ def _integrate(p, dense_output, compact):
                 else:
                     code = Status.NONFINITE
                 record(sel, t.index_select(0, sel), y.index_select(0, sel), code, it,
-                       nacc.index_select(0, sel))
+                       nrej.index_select(0, sel))
             if live is None:
                 keep = (~done).nonzero().flatten()
                 n_active = keep.numel()
@@ -798,22 +847,36 @@ def _integrate(p, dense_output, compact):
         rec_t[:] = map(resolved, rec_t)
         rec_y[:] = map(resolved, rec_y)
         rec_ev_t[:] = map(resolved, rec_ev_t)
-    if len(rec_idx) == 1 and not gathered and rec_idx[0].numel() == B:
+    # Status codes and step counts in record order: (2, B), built in one op from python ints
+    # unless some record carries per-sample (failure) codes.
+    counts = [r.shape[0] for r in rec_idx]
+    if all(isinstance(c, int) for c in rec_status):
+        codes = torch.tensor([rec_status, rec_steps], dtype=torch.int64, device=device)
+        codes = (codes.repeat(1, B) if len(counts) == 1 else codes.repeat_interleave(
+            torch.tensor(counts, device=device), dim=1, output_size=B))
+    else:
+        codes = torch.stack([
+            torch.cat([c.long() if isinstance(c, torch.Tensor)
+                       else torch.full((m,), c, dtype=torch.int64, device=device)
+                       for c, m in zip(rec_status, counts)]),
+            torch.cat([torch.full((m,), st, dtype=torch.int64, device=device)
+                       for st, m in zip(rec_steps, counts)])])
+    if len(rec_idx) == 1 and not gathered and counts[0] == B:
         # Everything finished together in one record, in batch order already.
-        t_out, y_out, status = rec_t[0], rec_y[0], rec_status[0].long()
-        n_steps, n_acc = rec_steps[0], rec_acc[0]
+        t_out, y_out, n_rej = rec_t[0], rec_y[0], rec_rej[0]
         f_out = rec_f[0] if rec_f else None
     else:
         # Every sample is recorded exactly once: scatter the records to batch order (no sort).
         cidx = torch.cat(rec_idx)
 
-        def place(parts):
+        def place(parts, dim=0):
             src = torch.cat(parts) if len(parts) > 1 else parts[0]
-            return src.new_empty(src.shape).index_copy_(0, cidx, src)
+            return src.new_empty(src.shape).index_copy_(dim, cidx, src)
 
-        t_out, y_out, status = place(rec_t), place(rec_y), place(rec_status).long()
-        n_steps, n_acc = place(rec_steps), place(rec_acc)
+        t_out, y_out, n_rej, codes = place(rec_t), place(rec_y), place(rec_rej), place([codes], 1)
         f_out = place(rec_f) if rec_f else None
+    status, n_steps = codes[0], codes[1]
+    n_acc = n_steps - n_rej
     if p.t1_grad is not None:
         # Value zero, gradient 1 w.r.t. t1 on samples that reached t1: d y/d t1 = f(t1, y).
         shift = (p.t1_grad - p.t1_grad.detach()) * (status == int(Status.SUCCESS))
@@ -833,7 +896,7 @@ def _integrate(p, dense_output, compact):
             first = _first_occurrence(eidx, B)
             t_event = t_event.index_put((eidx[first],), et[first])
             event_mask[eidx] = True
-    stats = {"nfe": nfe, "n_steps": n_steps, "n_accepted": n_acc, "n_rejected": n_steps - n_acc,
+    stats = {"nfe": nfe, "n_steps": n_steps, "n_accepted": n_acc, "n_rejected": n_rej,
              "event_mask": event_mask}
     ts = ys = None
     if p.t_eval is not None:
