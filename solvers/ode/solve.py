@@ -681,7 +681,7 @@ def _integrate(p, dense_output, compact):
                 # number of columns, i.e. on the batch, and results must not.
                 kh = data[0].view(n_ext, data[1], *p.state_shape)
                 if sub is not None:
-                    kh = kh.index_select(1, sub)
+                    kh = kh[:, sub]  # (a few times faster than index_select along dim 1)
                     if cols:
                         return [_lincomb_fast(w, kh) for w in W_list]
                 c = torch.stack([_lincomb_fast(w, kh) for w in W_list], dim=1)
