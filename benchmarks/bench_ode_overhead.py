@@ -217,7 +217,7 @@ class TimedField:
     """Wraps the field and adds up the time spent inside it (same clock as the runs)."""
 
     def __init__(self, field, device):
-        self.field, self.device, self.spent = field, device, 0.0
+        self.field, self.device, self.spent, self.calls = field, device, 0.0, 0
 
     def __call__(self, t, y):
         clock = CLOCK["fn"]
@@ -226,6 +226,7 @@ class TimedField:
         out = self.field(t, y)
         sync(self.device)
         self.spent += clock() - t0
+        self.calls += 1
         return out
 
 
@@ -242,11 +243,11 @@ def time_split(runners_of, field, repeats, device):
     runners = runners_of(timed)
     for fn in runners.values():
         fn()
-    split = {name: ([], []) for name in runners}
+    split = {name: ([], [], []) for name in runners}
     clock = CLOCK["fn"]
     for _ in range(repeats):
         for name, fn in runners.items():
-            timed.spent = 0.0
+            timed.spent, timed.calls = 0.0, 0
             sync(device)
             t0 = clock()
             fn()
@@ -254,7 +255,9 @@ def time_split(runners_of, field, repeats, device):
             total = clock() - t0
             split[name][0].append(timed.spent)
             split[name][1].append(total - timed.spent)
-    return {name: (statistics.median(a), statistics.median(b)) for name, (a, b) in split.items()}
+            split[name][2].append(timed.calls)
+    return {name: (statistics.median(a), statistics.median(b), statistics.median(c))
+            for name, (a, b, c) in split.items()}
 
 
 def max_error(y, ref):
@@ -464,12 +467,13 @@ def main(argv=None):
         print(f"{name:<13} {r['nfe']:7.1f} {r['wall'] * 1e3:9.2f} {r['err']:9.2e} "
               f"{r['overhead']:9.2f} {base / r['wall']:24.2f}")
     split = time_split(runners_of, field, repeats, device)
-    print("# where the time goes (separate timed pass, field wrapped in a timer): time inside "
-          "the field as called, time outside it, and their ratio (wall / time in f)")
-    print(f"{'solver':<13} {'in f ms':>9} {'outside ms':>11} {'wall / in f':>12}")
-    for name, (inside, outside) in split.items():
-        rows[name].update(in_f=inside, outside_f=outside)
-        print(f"{name:<13} {inside * 1e3:9.2f} {outside * 1e3:11.2f} "
+    print("# where the time goes (separate timed pass, field wrapped in a timer): calls of the "
+          "field (any batch size), time inside the field as called, time outside it, and their "
+          "ratio (wall / time in f)")
+    print(f"{'solver':<13} {'f calls':>8} {'in f ms':>9} {'outside ms':>11} {'wall / in f':>12}")
+    for name, (inside, outside, calls) in split.items():
+        rows[name].update(in_f=inside, outside_f=outside, f_calls=calls)
+        print(f"{name:<13} {calls:8.0f} {inside * 1e3:9.2f} {outside * 1e3:11.2f} "
               f"{(inside + outside) / inside:12.2f}")
 
     rtols = QUICK_RTOLS if args.quick else SWEEP_RTOLS[dtype]
