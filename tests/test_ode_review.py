@@ -1,0 +1,382 @@
+"""Second reader's tests for the loop-overhead pass and the deferred event roots of
+`solvers.ode.solve` (issue 2): edge cases of the new code paths (python-number float spans,
+fused I controller, rejection counts, all-accepted finishing path, status/step codes built at
+the end, deferred event roots), against closed forms, scipy and torchdiffeq.
+
+Tests marked xfail(strict=True) document bugs found in review (see their reasons); they turn
+into failures once the bug is fixed, so that the marker gets removed with the fix.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+from solvers import ode
+
+D = torch.float64
+
+
+def decay(t, y):
+    return -y
+
+
+def oscillator(t, y):
+    return torch.stack([y[:, 1], -y[:, 0]], dim=1)
+
+
+def _tensor_span(span):
+    return tuple(torch.tensor(x, dtype=D) for x in span)
+
+
+# ---------------------------------------------------------------- float spans, low precision
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("span, kw", [
+    ((0.0, 2.0), dict(rtol=1e-2, atol=1e-3)),
+    ((2.0, -1.0), dict(rtol=1e-2, atol=1e-3)),
+    ((0.0, 2.0), dict(rtol=1e-2, atol=1e-3, dt_min=0.05)),
+    ((0.0, -2.0), dict(rtol=1e-2, atol=1e-3, dt_max=0.07)),
+    ((1.0, -2.0), dict(rtol=1e-2, atol=1e-3, first_step=0.3)),
+    ((0.0, -3.0), dict(rtol=1e-2, atol=1e-3, controller="pi")),
+    ((1.0, -2.0), dict(method="rk4", dt=0.3)),
+])
+def test_low_precision_float_span_equals_tensor_span_and_closed_form(dtype, span, kw):
+    # Float spans keep t1, direction and step floor as python numbers: in half precision the
+    # steps, counts and results must equal those of the same span given as tensors, and
+    # y = y0 exp(-(t1 - t0)) within what rtol = 4 eps allows (bfloat16: 3% per step, and a
+    # float64 solve at that rtol is 11% off too).
+    y0 = torch.linspace(0.5, 2.0, 5, dtype=dtype)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rtol raised to 4 eps in half precision
+        a = ode.solve(decay, y0, span, **kw)
+        b = ode.solve(decay, y0, _tensor_span(span), **kw)
+    assert a.y.dtype == dtype
+    assert torch.equal(a.y, b.y) and torch.equal(a.t, b.t)
+    for key in ("n_steps", "n_accepted", "n_rejected", "nfe"):
+        assert torch.equal(a.stats[key], b.stats[key]), key
+    assert a.status.tolist() == [0] * 5
+    assert torch.equal(a.t, torch.full((5,), span[1], dtype=dtype))
+    exact = y0.double() * math.exp(-(span[1] - span[0]))
+    tol = 0.03 if dtype == torch.float16 else 0.15
+    torch.testing.assert_close(a.y.double(), exact, rtol=tol, atol=0.0)
+
+
+@pytest.mark.xfail(strict=True, reason="solve.py:411-416 and 550-551: `uniform`/`any_zero` "
+                   "compare the python floats, not the dtype-rounded ends; a span that rounds "
+                   "to zero length is integrated with one step of size 0 (t_eval theta = 0/0)")
+@pytest.mark.parametrize("dtype, span", [(torch.float32, (1.0, 1.0 + 1e-9)),
+                                         (torch.float16, (0.0, 1e-8))])
+def test_float_span_rounding_to_zero_length_is_a_zero_length_span(dtype, span):
+    # Both ends round to the same value in the dtype: the span has zero length, so y = y0 at
+    # every output point and no step is taken (as for the same span given as tensors).
+    y0 = torch.tensor([[1.0], [2.0]], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sol = ode.solve(decay, y0, span, t_eval=[span[0]])
+    assert sol.status.tolist() == [0, 0]
+    assert torch.equal(sol.ys[:, 0], y0)
+    assert sol.stats["n_steps"].tolist() == [0, 0]
+
+
+@pytest.mark.xfail(strict=True, reason="solve.py:126-142: a python-number t_span end that "
+                   "overflows the dtype raises torch's RuntimeError from torch.full (a tensor "
+                   "end raises ValueError 'must be finite')")
+def test_float_t1_overflowing_half_precision_raises_value_error():
+    with pytest.raises(ValueError, match="t1"):
+        ode.solve(decay, torch.ones(2, 1, dtype=torch.float16), (0.0, 1e5))
+
+
+@pytest.mark.xfail(strict=True, reason="solve.py:656: fixed-step finiteness is tested on the "
+                   "sum over the state, which overflows for large finite states (NONFINITE)")
+def test_fixed_step_large_finite_half_precision_state_is_not_a_failure():
+    # y' = 0: y stays y0 = 40000 (finite in float16; the sum of its components is not).
+    y0 = torch.tensor([[4e4, 4e4], [1.0, 1.0]], dtype=torch.float16)
+    sol = ode.solve(lambda t, y: torch.zeros_like(y), y0, (0.0, 1.0), method="rk4", dt=0.25,
+                    throw=False)
+    assert sol.status.tolist() == [0, 0]
+    assert torch.equal(sol.y, y0)
+
+
+# ------------------------------------------------------------------------ stats against scipy
+
+
+@pytest.mark.parametrize("span", [(0.0, 20.0), (5.0, -10.0)])
+@pytest.mark.parametrize("rtol", [1e-2, 1e-3, 1e-4, 1e-6])
+def test_stats_match_scipy_rk45_on_the_oscillator(span, rtol):
+    # Attempts, accepted steps (len(t) - 1), rejections and nfev = 2 + 6 * attempts agree with
+    # scipy's RK45, with rejections (rtol 1e-4, 1e-6: 7 to 19) and without (1e-2, 1e-3).
+    ref = solve_ivp(lambda t, y: [y[1], -y[0]], span, [1.0, 0.0], rtol=rtol, atol=rtol * 1e-3)
+    accepted = len(ref.t) - 1
+    attempts = (ref.nfev - 2) // 6
+    assert (attempts > accepted) == (rtol < 1e-3)  # the premise
+    sol = ode.solve(oscillator, torch.tensor([[1.0, 0.0]], dtype=D), span, rtol=rtol,
+                    atol=rtol * 1e-3)
+    s = sol.stats
+    assert s["nfe"].item() == ref.nfev
+    assert s["n_steps"].item() == attempts
+    assert s["n_accepted"].item() == accepted
+    assert s["n_rejected"].item() == attempts - accepted
+    assert sol.y[0, 0].item() == pytest.approx(ref.y[0, -1], abs=1e-3 * rtol)
+
+
+def test_per_component_rtol_and_atol_match_scipy():
+    rtol, atol = np.array([1e-6, 1e-3]), np.array([1e-9, 1e-6])
+    ref = solve_ivp(lambda t, y: [y[1], -y[0]], (0.0, 8.0), [1.0, 0.0], rtol=rtol, atol=atol)
+    sol = ode.solve(oscillator, torch.tensor([[1.0, 0.0]], dtype=D), (0.0, 8.0),
+                    rtol=torch.tensor(rtol), atol=torch.tensor(atol))
+    assert sol.stats["nfe"].item() == ref.nfev
+    assert sol.stats["n_accepted"].item() == len(ref.t) - 1
+
+
+@pytest.mark.xfail(strict=True, reason="controllers.py:60-65 and the fused path solve.py:"
+                   "644-646: no cap of the factor at 1 on the step accepted right after a "
+                   "rejection (scipy's RK45 and the IController docstring have it)")
+def test_stats_match_scipy_rk45_with_rejections_after_rejections():
+    # y' = -50 (y - cos t): scipy's RK45 rejects 8 of 44 attempts at rtol 1e-2, some right
+    # after another rejection's step (where scipy caps the growth); we take 40 and reject 5.
+    ref = solve_ivp(lambda t, y: [-50 * (y[0] - math.cos(t))], (0.0, 2.0), [0.0], rtol=1e-2,
+                    atol=1e-4)
+    accepted, attempts = len(ref.t) - 1, (ref.nfev - 2) // 6
+    assert attempts > accepted  # the premise: rejections happen
+    sol = ode.solve(lambda t, y: -50 * (y - torch.cos(t)[:, None]), torch.zeros(1, 1, dtype=D),
+                    (0.0, 2.0), rtol=1e-2, atol=1e-4)
+    assert sol.stats["n_accepted"].item() == accepted
+    assert sol.stats["n_rejected"].item() == attempts - accepted
+    assert sol.stats["nfe"].item() == ref.nfev
+
+
+# ------------------------------------------------------------------ returned tensors, aliasing
+
+
+def _returned(sol):
+    out = {"t": sol.t, "y": sol.y, "status": sol.status, "t_event": sol.t_event, "ts": sol.ts,
+           "ys": sol.ys}
+    out.update({"stats." + k: v for k, v in sol.stats.items()})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@pytest.mark.parametrize("span, kw", [
+    ((0.0, 1.0), dict()),
+    ((0.0, 1.0), dict(t_eval=[0.0, 0.5])),
+    ((0.0, 1.0), dict(event=ode.Event(lambda t, y: y[:, 0] - 0.5))),
+    ((0.0, 1.0), dict(event=ode.Event(lambda t, y: y[:, 0] - 0.5, terminal=False))),
+    ((0.0, 1.0), dict(event=ode.Event(lambda t, y: y[:, 0] - 5.0))),
+    ((0.0, 0.0), dict()),
+    ((0.0, 1.0), dict(compact=False)),
+    ((0.0, 1.0), dict(max_steps=2, throw=False)),
+    ((0.0, 1.0), dict(method="rk4", dt=0.1)),
+    (_tensor_span((0.0, 1.0)), dict()),
+    ((0.0, 1.0), dict(adjoint=True)),
+])
+def test_returned_tensors_are_independent_and_not_expanded(span, kw):
+    # status and n_steps come from one (2, B) tensor: editing any returned tensor in place
+    # must leave every other one unchanged, and none may be an expanded (stride-0) view.
+    y0 = torch.tensor([[1.0], [2.0], [0.3]], dtype=D)
+    out = _returned(ode.solve(decay, y0, span, **kw))
+    for name, v in out.items():
+        assert not (0 in v.stride() and v.numel() > 1), name
+    snap = {k: v.clone() for k, v in out.items()}
+    for name, v in out.items():
+        if v.dtype == torch.bool:
+            v.logical_not_()
+        else:
+            v.add_(7)
+        for other, w in out.items():
+            if other != name:
+                assert torch.equal(w.nan_to_num(), snap[other].nan_to_num()), (name, other)
+        v.copy_(snap[name])
+
+
+# -------------------------------------------------------------------------------- d y / d t1
+
+
+@pytest.mark.parametrize("t1", [torch.tensor(1.5, dtype=D),
+                                torch.tensor([1.5, -0.5, 0.7], dtype=D)])
+@pytest.mark.parametrize("kw", [dict(), dict(compact=False), dict(method="rk4", dt=0.01),
+                                dict(event=ode.Event(lambda t, y: y[:, 0] - 0.5)),
+                                dict(adjoint=True)])
+def test_gradient_with_respect_to_t1_closed_form(t1, kw):
+    # y = y0 exp(-(t1 - t0)): dy/dt1 = -y(t1) on samples that reach t1; zero for samples stopped
+    # by a terminal event (their end point does not move with t1).
+    y0 = torch.tensor([[1.0], [2.0], [0.3]], dtype=D)
+    t1r = t1.clone().requires_grad_()
+    sol = ode.solve(decay, y0, (0.0, t1r), rtol=1e-10, atol=1e-12, throw=False, **kw)
+    (g,) = torch.autograd.grad(sol.y.sum(), t1r)
+    reached = sol.status == 0
+    exact = torch.where(reached, -y0[:, 0] * torch.exp(-t1.expand(3)), 0.0)
+    if "event" in kw:
+        assert not bool(reached.all())  # the premise: some sample stops at the event
+    torch.testing.assert_close(g, exact.sum() if t1.dim() == 0 else exact, rtol=1e-7,
+                               atol=1e-9)
+
+
+@pytest.mark.xfail(strict=True, reason="solve.py:880-884: y_out + f_out * shift with shift "
+                   "= 0 on failed rows still multiplies their f, NaN there: NaN * 0 = NaN in y "
+                   "and in the backward pass (summed into a 0-d t1's gradient)")
+@pytest.mark.parametrize("t1", [torch.tensor(1.0, dtype=D), torch.ones(3, dtype=D)])
+def test_gradient_wrt_t1_is_not_poisoned_by_a_nonfinite_sample(t1):
+    # f is NaN for sample 1 from the start (NONFINITE at t0, y stays y0 = 2); samples 0 and 2
+    # reach t1 = 1: d(y0 + y2)/dt1 = -(y0 + y2)(t1), and sample 1's row has no gradient.
+    def f(t, y):
+        return torch.where(y > 1.5, torch.full_like(y, float("nan")), -y)
+
+    y0 = torch.tensor([[1.0], [2.0], [0.5]], dtype=D)
+    t1r = t1.clone().requires_grad_()
+    sol = ode.solve(f, y0, (0.0, t1r), throw=False)
+    assert sol.status.tolist() == [0, 4, 0]
+    assert sol.y[1, 0].item() == 2.0  # as without a t1 gradient
+    (g,) = torch.autograd.grad(sol.y[[0, 2]].sum(), t1r)
+    exact = torch.tensor([-math.exp(-1.0), 0.0, -0.5 * math.exp(-1.0)], dtype=D)
+    torch.testing.assert_close(g, exact.sum() if t1.dim() == 0 else exact)
+
+
+@pytest.mark.xfail(strict=True, reason="solve.py:532-565: gather() does not take `live`, so "
+                   "compact=False with a zero-length span sample crashes (size mismatch)")
+def test_masked_mode_with_a_zero_length_span_sample():
+    y0 = torch.tensor([[1.0], [2.0], [3.0]], dtype=D)
+    t1 = torch.tensor([1.0, 0.0, -1.0], dtype=D)
+    sol = ode.solve(decay, y0, (0.0, t1), compact=False, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sol.y[:, 0], y0[:, 0] * torch.exp(-t1))
+    assert sol.stats["n_steps"][1].item() == 0
+
+
+@pytest.mark.xfail(strict=True, reason="solution.py:55-61: dense output of a zero-length span "
+                   "is NaN at t0 (cnt > 0 test), and IndexError when every span is zero")
+@pytest.mark.parametrize("t1", [torch.tensor([0.0, 1.0], dtype=D), torch.zeros(2, dtype=D)])
+def test_dense_output_at_t0_of_a_zero_length_span(t1):
+    # interpolate() documents t inside [t0, sol.t]: at t0 it is y0.
+    y0 = torch.tensor([[1.0], [2.0]], dtype=D)
+    sol = ode.solve(decay, y0, (0.0, t1), dense_output=True)
+    torch.testing.assert_close(sol.interpolate(torch.zeros(2, dtype=D)), y0)
+
+
+# ------------------------------------------------------------------------------------- events
+
+
+@pytest.mark.parametrize("compact", [True, False])
+@pytest.mark.parametrize("terminal", [True, False])
+@pytest.mark.parametrize("extra", ["none", "t_eval", "dense", "both"])
+def test_events_with_t_eval_and_dense_output_closed_form(compact, terminal, extra):
+    # y = y0 exp(-t) crosses c = 0.45 at t* = ln(y0 / c); sample 3 (y0 = 0.5) within the first
+    # steps, sample 2 (y0 = 4) after 2.2. A terminal event ends the t_eval outputs and the
+    # dense output at t*; a non-terminal one records t* and the sample goes on to t1 = 3.
+    y0 = torch.tensor([[1.0], [2.0], [4.0], [0.5]], dtype=D)
+    tstar = torch.log(y0[:, 0] / 0.45)
+    te = torch.linspace(0, 3, 7, dtype=D)
+    kw = {}
+    if extra in ("t_eval", "both"):
+        kw["t_eval"] = te
+    if extra in ("dense", "both"):
+        kw["dense_output"] = True
+    ev = ode.Event(lambda t, y: y[:, 0] - 0.45, terminal=terminal)
+    sol = ode.solve(decay, y0, (0.0, 3.0), event=ev, rtol=1e-10, atol=1e-12, compact=compact,
+                    **kw)
+    torch.testing.assert_close(sol.t_event, tstar, rtol=0, atol=1e-9)
+    assert sol.stats["event_mask"].all()
+    end = tstar if terminal else torch.full((4,), 3.0, dtype=D)
+    assert sol.status.tolist() == [int(terminal)] * 4
+    torch.testing.assert_close(sol.t, end, rtol=0, atol=1e-9)
+    torch.testing.assert_close(sol.y[:, 0], y0[:, 0] * torch.exp(-end), rtol=1e-8, atol=1e-9)
+    if "t_eval" in kw:
+        exact = y0 * torch.exp(-te)[None, :]
+        if terminal:
+            exact = torch.where(te[None, :] <= tstar[:, None], exact, torch.nan)
+        torch.testing.assert_close(sol.ys[..., 0], exact, rtol=1e-8, atol=1e-9, equal_nan=True)
+    if "dense_output" in kw:
+        for tq in (0.05, 1.0, 2.5):
+            exact = y0 * math.exp(-tq)
+            if terminal:
+                exact = torch.where((tq <= tstar)[:, None], exact, torch.nan)
+            got = sol.interpolate(torch.full((4,), tq, dtype=D))
+            torch.testing.assert_close(got, exact, rtol=1e-8, atol=1e-9, equal_nan=True)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+@pytest.mark.parametrize("terminal", [True, False])
+@pytest.mark.parametrize("kw, tol", [(dict(method="rk4", dt=0.25), 1e-4),
+                                     (dict(method="dopri5", dt=0.5), 1e-4),
+                                     (dict(first_step=0.15, rtol=1e-3, atol=1e-6), 1e-4)])
+def test_event_in_the_first_step_with_args_closed_form(compact, terminal, kw, tol):
+    # y' = -k y with k and the threshold's reference y0 passed through args= (gathered with
+    # the active samples); y = 0.9 y0 at t* = ln(1/0.9)/k = 0.105/k, inside the first step.
+    # Sample 2 (k = 0.5) crosses at 0.21, after t1 = 0.2: no event.
+    k = torch.tensor([[1.0], [2.0], [0.5]], dtype=D)
+    y0 = torch.tensor([[1.0], [2.0], [4.0]], dtype=D)
+    ev = ode.Event(lambda t, y, a: y[:, 0] - 0.9 * a[1][:, 0], terminal=terminal)
+    sol = ode.solve(lambda t, y, a: -a[0] * y, y0, (0.0, 0.2), args=(k, y0), event=ev,
+                    compact=compact, **kw)
+    tstar = math.log(1 / 0.9) / k[:, 0]
+    assert sol.stats["event_mask"].tolist() == [True, True, False]
+    torch.testing.assert_close(sol.t_event[:2], tstar[:2], rtol=0, atol=tol)
+    assert math.isnan(sol.t_event[2].item())
+    assert sol.status.tolist() == ([1, 1, 0] if terminal else [0, 0, 0])
+    if terminal:
+        torch.testing.assert_close(sol.y[:2, 0], 0.9 * y0[:2, 0], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_event_failure_and_success_in_one_batch_masked_and_compact(compact):
+    # Sample 0 stops at its event (y = 0.5 at ln 2), sample 1 hits NaN once t > 0.7 (NONFINITE
+    # at the time reached), sample 2 reaches t1 = 1 (no crossing); t_eval outputs follow.
+    def f(t, y):
+        return torch.where((t[:, None] > 0.7) & (y < 0), float("nan"), -y)
+
+    y0 = torch.tensor([[1.0], [-1.0], [0.3]], dtype=D)
+    ev = ode.Event(lambda t, y: y[:, 0] - 0.5)
+    sol = ode.solve(f, y0, (0.0, 1.0), throw=False, compact=compact, event=ev, rtol=1e-9,
+                    atol=1e-11, t_eval=[0.0, 0.5, 1.0])
+    assert sol.status.tolist() == [1, 4, 0]
+    assert sol.t[0].item() == pytest.approx(math.log(2), abs=1e-8)
+    assert 0.6 < sol.t[1].item() <= 0.7
+    assert sol.t[2].item() == 1.0
+    assert sol.stats["event_mask"].tolist() == [True, False, False]
+    exact = y0 * torch.exp(-torch.tensor([0.0, 0.5, 1.0], dtype=D))[None, :]
+    torch.testing.assert_close(sol.ys[:, :2, 0], exact[:, :2], rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(sol.ys[2, 2, 0], exact[2, 2], rtol=1e-8, atol=1e-9)
+    assert sol.ys[:2, 2].isnan().all()
+
+
+# ----------------------------------------------------------------------- failures and limits
+
+
+@pytest.mark.parametrize("compact", [True, False])
+@pytest.mark.parametrize("dt", [0.5, 0.25])
+def test_nan_in_one_sample_while_others_finish_in_the_same_step(compact, dt):
+    # Fixed rk4 steps: samples 0 and 2 reach t1 = 1 in the step in which sample 1 turns NaN
+    # (f NaN for t > 0.7, y < 0). Sample 1 keeps the last finite point; the others equal
+    # rk4's closed form on y' = -y: y0 R^(1/dt) with R = 1 - h + h^2/2 - h^3/6 + h^4/24.
+    def f(t, y):
+        return torch.where((t[:, None] > 0.7) & (y < 0), float("nan"), -y)
+
+    y0 = torch.tensor([[1.0], [-1.0], [2.0]], dtype=D)
+    sol = ode.solve(f, y0, (0.0, 1.0), method="rk4", dt=dt, throw=False, compact=compact)
+    n = round(1 / dt)
+    r = 1 - dt + dt ** 2 / 2 - dt ** 3 / 6 + dt ** 4 / 24
+    assert sol.status.tolist() == [0, 4, 0]
+    torch.testing.assert_close(sol.y[[0, 2], 0], y0[[0, 2], 0] * r ** n)
+    k_fail = math.floor(0.7 / dt)  # steps completed before the one reaching past 0.7
+    assert sol.t[1].item() == pytest.approx(k_fail * dt)
+    torch.testing.assert_close(sol.y[1, 0], y0[1, 0] * r ** k_fail)
+    assert sol.stats["n_steps"].tolist() == [n, k_fail + 1, n]
+    assert sol.stats["n_rejected"].tolist() == [0, 1, 0]
+    assert sol.stats["n_accepted"].tolist() == [n, k_fail, n]
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_max_steps_in_a_batch_where_some_samples_already_finished(compact):
+    # Euler, dt = 0.01, max_steps = 10: horizons 0.05 and 0.001 finish first (5 and 1 steps,
+    # the latter one short step), 1.0 stops at t = 0.1 with MAX_STEPS; y = y0 (1 - dt)^n.
+    t1 = torch.tensor([0.05, 1.0, 0.001, 1.0], dtype=D)
+    sol = ode.solve(decay, torch.ones(4, 1, dtype=D), (0.0, t1), method="euler", dt=0.01,
+                    max_steps=10, throw=False, compact=compact)
+    assert sol.status.tolist() == [0, 2, 0, 2]
+    assert sol.stats["n_steps"].tolist() == [5, 10, 1, 10]
+    assert sol.stats["n_accepted"].tolist() == [5, 10, 1, 10]
+    torch.testing.assert_close(sol.t, torch.tensor([0.05, 0.1, 0.001, 0.1], dtype=D))
+    torch.testing.assert_close(sol.y[:, 0], torch.tensor([0.99 ** 5, 0.99 ** 10, 0.999,
+                                                          0.99 ** 10], dtype=D))
