@@ -3,8 +3,10 @@
 fused I controller, rejection counts, all-accepted finishing path, status/step codes built at
 the end, deferred event roots), against closed forms, scipy and torchdiffeq.
 
-Tests marked xfail(strict=True) document bugs found in review (see their reasons); they turn
-into failures once the bug is fixed, so that the marker gets removed with the fix.
+Some tests here first failed and documented bugs found in review (float spans that round to
+zero length, half-precision atol underflow and span overflow, fixed-step finiteness on the sum,
+no step growth right after a rejection as in scipy, NaN rows in the d y/d t1 term, masked mode
+with zero-length spans, dense output of zero-length spans); they pass since the fixes.
 """
 
 import math
@@ -66,9 +68,6 @@ def test_low_precision_float_span_equals_tensor_span_and_closed_form(dtype, span
     torch.testing.assert_close(a.y.double(), exact, rtol=tol, atol=0.0)
 
 
-@pytest.mark.xfail(strict=True, reason="solve.py:411-416 and 550-551: `uniform`/`any_zero` "
-                   "compare the python floats, not the dtype-rounded ends; a span that rounds "
-                   "to zero length is integrated with one step of size 0 (t_eval theta = 0/0)")
 @pytest.mark.parametrize("dtype, span", [(torch.float32, (1.0, 1.0 + 1e-9)),
                                          (torch.float16, (0.0, 1e-8))])
 def test_float_span_rounding_to_zero_length_is_a_zero_length_span(dtype, span):
@@ -83,16 +82,11 @@ def test_float_span_rounding_to_zero_length_is_a_zero_length_span(dtype, span):
     assert sol.stats["n_steps"].tolist() == [0, 0]
 
 
-@pytest.mark.xfail(strict=True, reason="solve.py:126-142: a python-number t_span end that "
-                   "overflows the dtype raises torch's RuntimeError from torch.full (a tensor "
-                   "end raises ValueError 'must be finite')")
 def test_float_t1_overflowing_half_precision_raises_value_error():
     with pytest.raises(ValueError, match="t1"):
         ode.solve(decay, torch.ones(2, 1, dtype=torch.float16), (0.0, 1e5))
 
 
-@pytest.mark.xfail(strict=True, reason="solve.py:656: fixed-step finiteness is tested on the "
-                   "sum over the state, which overflows for large finite states (NONFINITE)")
 def test_fixed_step_large_finite_half_precision_state_is_not_a_failure():
     # y' = 0: y stays y0 = 40000 (finite in float16; the sum of its components is not).
     y0 = torch.tensor([[4e4, 4e4], [1.0, 1.0]], dtype=torch.float16)
@@ -102,9 +96,6 @@ def test_fixed_step_large_finite_half_precision_state_is_not_a_failure():
     assert torch.equal(sol.y, y0)
 
 
-@pytest.mark.xfail(strict=True, reason="solve.py:377-378, 481-484 and 639-642: the default "
-                   "atol 1e-8 underflows to 0 in float16, so a zero component with zero error "
-                   "gives 0/0 = NaN in the initial-step norms and the error ratio: NONFINITE")
 def test_half_precision_constant_solution_with_a_zero_component_default_tolerances():
     # y' = 0: y = y0 for all t (closed form), whatever the tolerances.
     y0 = torch.tensor([[0.0, 1.0]], dtype=torch.float16)
@@ -146,9 +137,6 @@ def test_per_component_rtol_and_atol_match_scipy():
     assert sol.stats["n_accepted"].item() == len(ref.t) - 1
 
 
-@pytest.mark.xfail(strict=True, reason="controllers.py:60-65 and the fused path solve.py:"
-                   "644-646: no cap of the factor at 1 on the step accepted right after a "
-                   "rejection (scipy's RK45 and the IController docstring have it)")
 def test_stats_match_scipy_rk45_with_rejections_after_rejections():
     # y' = -50 (y - cos t): scipy's RK45 rejects 8 of 44 attempts at rtol 1e-2, some right
     # after another rejection's step (where scipy caps the growth); we take 40 and reject 5.
@@ -228,9 +216,6 @@ def test_gradient_with_respect_to_t1_closed_form(t1, kw):
                                atol=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="solve.py:880-884: y_out + f_out * shift with shift "
-                   "= 0 on failed rows still multiplies their f, NaN there: NaN * 0 = NaN in y "
-                   "and in the backward pass (summed into a 0-d t1's gradient)")
 @pytest.mark.parametrize("t1", [torch.tensor(1.0, dtype=D), torch.ones(3, dtype=D)])
 def test_gradient_wrt_t1_is_not_poisoned_by_a_nonfinite_sample(t1):
     # f is NaN for sample 1 from the start (NONFINITE at t0, y stays y0 = 2); samples 0 and 2
@@ -248,8 +233,6 @@ def test_gradient_wrt_t1_is_not_poisoned_by_a_nonfinite_sample(t1):
     torch.testing.assert_close(g, exact.sum() if t1.dim() == 0 else exact)
 
 
-@pytest.mark.xfail(strict=True, reason="solve.py:532-565: gather() does not take `live`, so "
-                   "compact=False with a zero-length span sample crashes (size mismatch)")
 def test_masked_mode_with_a_zero_length_span_sample():
     y0 = torch.tensor([[1.0], [2.0], [3.0]], dtype=D)
     t1 = torch.tensor([1.0, 0.0, -1.0], dtype=D)
@@ -258,8 +241,6 @@ def test_masked_mode_with_a_zero_length_span_sample():
     assert sol.stats["n_steps"][1].item() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="solution.py:55-61: dense output of a zero-length span "
-                   "is NaN at t0 (cnt > 0 test), and IndexError when every span is zero")
 @pytest.mark.parametrize("t1", [torch.tensor([0.0, 1.0], dtype=D), torch.zeros(2, dtype=D)])
 def test_dense_output_at_t0_of_a_zero_length_span(t1):
     # interpolate() documents t inside [t0, sol.t]: at t0 it is y0.

@@ -56,6 +56,8 @@ class DenseOutput:
         t_lo = self.direction[:, None] * self.t0[:, None]
         last = self.ends.gather(1, (cnt - 1).clamp(min=0))
         ok = (tau >= t_lo - 0) & (tau <= last) & (cnt > 0)
+        # A zero-length span (direction 0) is solved at t0 only.
+        ok = ok & ((self.direction[:, None] != 0) | (t == self.t0[:, None]))
         ok = ok.reshape(b, n, *([1] * (y.dim() - 2)))
         return torch.where(ok, y, torch.full_like(y, float("nan")))
 

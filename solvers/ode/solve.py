@@ -53,8 +53,8 @@ def solve(f, y0, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8, t_eval=None, 
       ``"torchdiffeq:<name>"`` runs torchdiffeq instead (``compat.solve_with_torchdiffeq``;
       one time axis for the batch, no events or dense output) for side-by-side comparisons.
     - `rtol`, `atol`: relative/absolute tolerances, scalars or tensors broadcastable to one
-      sample's state (per component). ``rtol`` below ``100 * eps`` is raised to that with a
-      warning (as scipy does).
+      sample's state (per component). ``rtol`` below ``4 * eps`` of the dtype is raised to
+      that with a warning (scipy does the same below ``100 * eps`` of float64).
     - `t_eval`: ``(n,)`` or ``(batch, n)`` output times, monotone in each sample's direction
       of integration and inside its span.
     - `event`: an :class:`~solvers.ode.Event` (or a bare callable, meaning
@@ -139,6 +139,8 @@ def _as_time(x, name, batch, dtype, device):
     elif isinstance(x, numbers.Real):
         if not math.isfinite(x):
             raise ValueError(f"{name} must be finite, got {x}")
+        if abs(x) > torch.finfo(dtype).max:
+            raise ValueError(f"{name} = {x} overflows y0's dtype {dtype}")
         return torch.full((batch,), float(x), dtype=dtype, device=device)
     else:
         raise TypeError(f"{name} must be a float or a tensor, got {type(x).__name__}")
@@ -371,11 +373,13 @@ def _integrate(p, dense_output, compact):
     red_dims = tuple(range(1, 1 + len(p.state_shape)))
     sqrt_d = math.sqrt(D)
 
-    def rms(x):
-        return torch.linalg.vector_norm(x, dim=red_dims).mul_(1.0 / sqrt_d)
-
     rtol_n = rtol * sqrt_d
     atol_n = atol * sqrt_d
+    # A positive atol below the dtype's smallest subnormal would round to 0 in the scale
+    # (float16: the default 1e-8), and a zero component with zero error would give 0/0.
+    sub = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
+    if isinstance(atol_n, float) and 0 < atol_n < sub:
+        atol_n = sub
     # The elementary controller's factor safety * r^(-1/(q+1)) equals r'^(-1/(q+1)) for
     # r' = r / safety^(q+1): dividing the error by a scale multiplied by safety^(q+1) gives
     # r' directly and saves one op per step (accept r <= 1: r' <= 1 / safety^(q+1)).
@@ -408,11 +412,12 @@ def _integrate(p, dense_output, compact):
     # for every sample, so they stay python numbers (no per-step tensor ops, nothing to gather
     # on compaction). t1 is first rounded to the dtype so that scalar arithmetic gives the
     # same values as the (batch,) tensors would.
-    uniform = p.span_floats is not None and p.span_floats[0] != p.span_floats[1]
-    sgn = 0
+    uniform, sgn = False, 0
+    if p.span_floats is not None:  # compared once rounded (ends can round to the same value)
+        t0r, t1r = (torch.tensor(x, dtype=dtype).item() for x in p.span_floats)
+        uniform = t0r != t1r
     if uniform:
-        t1 = torch.tensor(p.span_floats[1], dtype=dtype).item()
-        sgn = 1 if p.span_floats[1] > p.span_floats[0] else -1
+        t1, sgn = t1r, (1 if t1r > t0r else -1)
         direction = float(sgn)
     y = p.y0
     argsa = (p.args if p.args_is_tuple else (p.args,)) if has_args else ()
@@ -521,6 +526,9 @@ def _integrate(p, dense_output, compact):
         ptr = torch.zeros(B, dtype=torch.int64, device=device)
 
     live = None if compact else torch.ones(B, dtype=torch.bool, device=device)
+    # Samples whose last attempt was rejected (None: no sample): their next accepted step may
+    # not grow (Hairer's and scipy's codes).
+    rej_prev = None
 
     # Below this step size a sample cannot make progress: the float spacing of its times,
     # or the user's dt_min (constant per sample: |t| never exceeds max(|t0|, |t1|)).
@@ -530,7 +538,7 @@ def _integrate(p, dense_output, compact):
         floor = torch.clamp(tmax * (8 * eps), min=p.dt_min).item()
 
     def gather(keep):
-        nonlocal idx, t, t1, direction, y, h, k1, nrej, cstate, argsa, live, floor
+        nonlocal idx, t, t1, direction, y, h, k1, nrej, cstate, argsa, live, floor, rej_prev
         nonlocal g_old, te, ptr
         # index_select: several times cheaper than advanced indexing on CPU.
         def take(x):
@@ -541,6 +549,10 @@ def _integrate(p, dense_output, compact):
         idx, t, y, h, k1, nrej = take(idx), take(t), take(y), take(h), take(k1), take(nrej)
         if cstate is not None:
             cstate = take(cstate)
+        if live is not None:
+            live = take(live)
+        if rej_prev is not None:
+            rej_prev = take(rej_prev)
         argsa = tuple(take(a) for a in argsa)
         if ev is not None:
             g_old = take(g_old)
@@ -548,7 +560,7 @@ def _integrate(p, dense_output, compact):
             te, ptr = take(te), take(ptr)
 
     if p.span_floats is not None:
-        any_zero = p.span_floats[0] == p.span_floats[1]
+        any_zero = not uniform
         zero_span = direction == 0 if any_zero else None
     else:
         zero_span = direction == 0
@@ -561,6 +573,10 @@ def _integrate(p, dense_output, compact):
             for j in range(n_eval):
                 out_idx.append(idx[sel] * n_eval + j)
                 out_val.append(y[sel])
+        if dense_output:  # one step of length zero: the interpolant is y0 at t0
+            m, ts0 = sel.numel(), t[sel]
+            dense_rec.append((idx[sel], ts0, ts0, torch.zeros_like(ts0), y[sel],
+                              y.new_zeros(m, len(W_list), *p.state_shape)))
         keep = (~zero_span).nonzero().flatten()
         gather(keep)
         gathered = True
@@ -646,6 +662,8 @@ def _integrate(p, dense_output, compact):
                                                                  ctrl.factor_max)
                 else:
                     fac, cstate = ctrl.factor(ratio, accept, cstate, q)
+                if rej_prev is not None:  # no growth right after a rejection
+                    fac = torch.where(rej_prev & accept, fac.clamp(max=1.0), fac)
                 # NaN ratio (non-finite stages): shrink by the minimum factor and retry.
                 fac = torch.nan_to_num(fac, nan=ctrl.factor_min)
                 h_next = hs * fac
@@ -653,7 +671,7 @@ def _integrate(p, dense_output, compact):
                     h_next = h_next.clamp(-p.dt_max, p.dt_max)
         else:
             with torch.no_grad():
-                finite = torch.isfinite(y_new.flatten(1).sum(1))
+                finite = torch.isfinite(y_new).flatten(1).all(1)
                 accept = finite
                 h_next = h
         if live is not None:
@@ -769,12 +787,14 @@ def _integrate(p, dense_output, compact):
         # (A failure needs a rejection, a finished sample `last`; masked mode's finished
         # samples count as rejected, so they are never overwritten.)
         if ev_sel is None and bool((accept > last).all()):  # accepted and not last
+            rej_prev = None
             y, k1, t = y_new, f_new, t_new
             if adaptive:
                 yabs = yabs_new
             continue
         yabs = None
         if ev_sel is None and live is None and bool(accept.all()):
+            rej_prev = None
             # The usual way samples finish: every step accepted, some reached their end.
             # Nothing to merge and no failure possible: record those and compact.
             y, k1, t = y_new, f_new, t_new
@@ -792,6 +812,7 @@ def _integrate(p, dense_output, compact):
         k1 = torch.where(acc_b, f_new, k1)
         t = torch.where(accept, t_new, t)
         nrej += ~accept
+        rej_prev = ~accept
 
         with torch.no_grad():
             # Cannot shrink further (user dt_min or the float spacing of t): fail.
@@ -879,8 +900,11 @@ def _integrate(p, dense_output, compact):
     n_acc = n_steps - n_rej
     if p.t1_grad is not None:
         # Value zero, gradient 1 w.r.t. t1 on samples that reached t1: d y/d t1 = f(t1, y).
-        shift = (p.t1_grad - p.t1_grad.detach()) * (status == int(Status.SUCCESS))
+        ok = status == int(Status.SUCCESS)
+        shift = (p.t1_grad - p.t1_grad.detach()) * ok
         t_out = t_out + shift
+        # f of rows that did not reach t1 may be non-finite, and NaN * 0 is NaN: zero them.
+        f_out = torch.where(ok.reshape(-1, *ones), f_out, 0.0)
         y_out = y_out + f_out * shift.reshape(-1, *ones)
     per_step = s if not fsal else s - 1
     # f rows evaluated for each sample (in compact mode: exactly; masked mode also evaluates
