@@ -171,6 +171,12 @@ def test_adjoint_bad_input():
     with pytest.raises(NotImplementedError, match="event"):
         ode.solve(field, y0, (0.0, 1.0), adjoint=True,
                   event=ode.Event(lambda t, y: y[:, 0] - 10.0))
+    # args that require grad would get no gradient from the adjoint: a clear error instead
+    scale = torch.ones(y0.shape[0], dtype=y0.dtype, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="args"):
+        ode.solve(ScaledField(), y0, (0.0, 1.0), args=scale, adjoint=True)
+    with torch.no_grad():  # nothing to differentiate: allowed
+        ode.solve(ScaledField(), y0, (0.0, 1.0), args=scale, adjoint=True)
 
 
 class ScaledField(Field):

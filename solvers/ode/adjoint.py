@@ -31,7 +31,8 @@ Gradients with respect to tensor ``t_span`` entries (0-dim or ``(batch,)``) are
 ``dL/dt1 = dL/dy(t1) . f(t1, y(t1))`` and ``dL/dt0 = -a(t0) . f(t0, y0)``.
 
 Not supported (documented limitations): gradients with respect to ``t_eval`` (treated as
-constants), gradients with respect to tensors in ``args``, events
+constants), gradients with respect to tensors in ``args`` (an ``args`` tensor that requires
+grad raises ``NotImplementedError`` rather than leaving its gradient silently unset), events
 (``NotImplementedError``), dense output. Gradients of samples that failed in the forward pass
 (``throw=False``) are meaningless.
 """
@@ -111,6 +112,15 @@ def solve_adjoint(
             "solvers.ode.adjoint: dense_output is not supported with adjoint=True "
             "(the interpolant would carry no gradient); use t_eval instead"
         )
+    if torch.is_grad_enabled() and args is not None and any(
+            isinstance(a, Tensor) and a.requires_grad
+            for a in (args if isinstance(args, tuple) else (args,))):
+        # The backward pass does not propagate into args: say so rather than leave their
+        # .grad silently unset.
+        raise NotImplementedError(
+            "solvers.ode.adjoint: gradients with respect to tensors in args are not computed "
+            "with adjoint=True (an args tensor requires grad); detach it, make it a parameter "
+            "of f (an nn.Module), or use adjoint=False")
     rest.pop("adjoint", None)
     if not isinstance(y0, Tensor):
         raise TypeError(f"solve_adjoint: y0 must be a tensor, got {type(y0).__name__}")
