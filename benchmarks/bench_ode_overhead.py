@@ -141,9 +141,10 @@ def median_time(fn, repeats, device):
     return statistics.median(times), out
 
 
-def interleaved_medians(runners, repeats, device):
+def interleaved_medians(runners, repeats, device, record=None):
     """Median wall time of each runner, timed round-robin so that load from other processes on a
-    shared machine hits all solvers alike. Returns ``{name: (median_seconds, last_output)}``."""
+    shared machine hits all solvers alike. Returns ``{name: (median_seconds, last_output)}``;
+    `record(name, output, seconds)`, when given, sees every timed run."""
     for fn in runners.values():
         fn()  # warm-up
     times = {name: [] for name in runners}
@@ -156,6 +157,8 @@ def interleaved_medians(runners, repeats, device):
             outs[name] = fn()
             sync(device)
             times[name].append(clock() - t0)
+            if record is not None:
+                record(name, outs[name], times[name][-1])
     return {name: (statistics.median(times[name]), outs[name]) for name in runners}
 
 
@@ -240,22 +243,24 @@ def time_split(runners_of, field, repeats, device):
     the loop's own time.
     """
     timed = TimedField(field, device)
-    runners = runners_of(timed)
-    for fn in runners.values():
-        fn()
-    split = {name: ([], [], []) for name in runners}
-    clock = CLOCK["fn"]
-    for _ in range(repeats):
-        for name, fn in runners.items():
+
+    def counted(fn):
+        def run():
             timed.spent, timed.calls = 0.0, 0
-            sync(device)
-            t0 = clock()
             fn()
-            sync(device)
-            total = clock() - t0
-            split[name][0].append(timed.spent)
-            split[name][1].append(total - timed.spent)
-            split[name][2].append(timed.calls)
+            return timed.spent, timed.calls
+        return run
+
+    runners = {name: counted(fn) for name, fn in runners_of(timed).items()}
+    split = {name: ([], [], []) for name in runners}
+
+    def record(name, out, seconds):
+        inside, calls = out
+        split[name][0].append(inside)
+        split[name][1].append(seconds - inside)
+        split[name][2].append(calls)
+
+    interleaved_medians(runners, repeats, device, record=record)
     return {name: (statistics.median(a), statistics.median(b), statistics.median(c))
             for name, (a, b, c) in split.items()}
 

@@ -377,9 +377,9 @@ def _integrate(p, dense_output, compact):
     atol_n = atol * sqrt_d
     # A positive atol below the dtype's smallest subnormal would round to 0 in the scale
     # (float16: the default 1e-8), and a zero component with zero error would give 0/0.
-    sub = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
-    if isinstance(atol_n, float) and 0 < atol_n < sub:
-        atol_n = sub
+    tiniest = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
+    if isinstance(atol_n, float) and 0 < atol_n < tiniest:
+        atol_n = tiniest
     # The elementary controller's factor safety * r^(-1/(q+1)) equals r'^(-1/(q+1)) for
     # r' = r / safety^(q+1): dividing the error by a scale multiplied by safety^(q+1) gives
     # r' directly and saves one op per step (accept r <= 1: r' <= 1 / safety^(q+1)).
@@ -532,10 +532,12 @@ def _integrate(p, dense_output, compact):
 
     # Below this step size a sample cannot make progress: the float spacing of its times,
     # or the user's dt_min (constant per sample: |t| never exceeds max(|t0|, |t1|)).
-    floor = torch.clamp(torch.maximum(p.t0.abs(), p.t1.abs()) * (8 * eps), min=p.dt_min)
-    if uniform:  # the same value as a python number (computed as above: identical rounding)
-        tmax = torch.tensor(max(abs(x) for x in p.span_floats), dtype=dtype)
-        floor = torch.clamp(tmax * (8 * eps), min=p.dt_min).item()
+    # (With float spans: the same value, computed the same way, as a python number.)
+    tmax = (torch.tensor(max(abs(t0r), abs(t1r)), dtype=dtype) if uniform
+            else torch.maximum(p.t0.abs(), p.t1.abs()))
+    floor = torch.clamp(tmax * (8 * eps), min=p.dt_min)
+    if uniform:
+        floor = floor.item()
 
     def gather(keep):
         nonlocal idx, t, t1, direction, y, h, k1, nrej, cstate, argsa, live, floor, rej_prev
