@@ -66,22 +66,36 @@ def test_batch_composition_does_not_matter(samples):
 @settings(max_examples=25, deadline=None)
 @given(samples=st.lists(sample, min_size=2, max_size=6), reverse=st.booleans(),
        controller=st.sampled_from(["i", "pi"]),
-       dtype=st.sampled_from([torch.float32, torch.float64]))
-def test_float_span_equals_tensor_span(samples, reverse, controller, dtype):
+       dtype=st.sampled_from([torch.float32, torch.float64]),
+       t0=st.sampled_from([0.1, -3.3, 1e-30, 1234.567]), length=st.sampled_from([2.2, 0.7]),
+       dt_min=st.sampled_from([0.0, 1e-9, 0.05]))
+def test_float_span_equals_tensor_span(samples, reverse, controller, dtype, t0, length, dt_min):
     """Float spans take a specialised path (t1, direction and step floor kept as python
-    numbers); it must give bit-identical steps and results to the same span given as
-    (batch,) tensors, forwards and backwards."""
+    numbers); it must give bit-identical steps, statuses and results to the same span given
+    as (batch,) tensors, forwards and backwards, with and without a step floor dt_min."""
     y0 = torch.tensor([[s[0], s[1], s[2]] for s in samples], dtype=dtype)
-    t0, t1 = 0.1, 2.3
+    t1 = t0 + length
     if reverse:
         t0, t1 = t1, t0
     n = len(samples)
-    kw = dict(rtol=1e-5, atol=1e-7, controller=controller)
+    kw = dict(rtol=1e-5, atol=1e-7, controller=controller, dt_min=dt_min, throw=False)
     a = ode.solve(duffing, y0, (t0, t1), **kw)
     b = ode.solve(duffing, y0, (torch.full((n,), t0, dtype=dtype),
                                 torch.full((n,), t1, dtype=dtype)), **kw)
+    assert torch.equal(a.status, b.status)
     assert torch.equal(a.stats["n_steps"], b.stats["n_steps"])
     assert torch.equal(a.stats["n_rejected"], b.stats["n_rejected"])
     assert torch.equal(a.y, b.y) and torch.equal(a.t, b.t)
-    # every sample ends exactly on its horizon (t1 rounded to the dtype)
-    assert (a.t == torch.tensor(t1, dtype=dtype)).all()
+    # every sample that succeeded ends exactly on its horizon (t1 rounded to the dtype)
+    ok = a.status == int(ode.Status.SUCCESS)
+    assert (a.t[ok] == torch.tensor(t1, dtype=dtype)).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.floats(-6e4, 6e4, allow_subnormal=True) | st.floats(-1e-300, 1e-300),
+       dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]))
+def test_python_rounding_to_the_dtype_matches_torch(x, dtype):
+    # The float-span path rounds t0, t1 and the step floor to the dtype without tensors.
+    from solvers.ode.solve import _round_to
+
+    assert _round_to(x, dtype) == torch.tensor(x, dtype=dtype).item()

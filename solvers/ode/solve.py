@@ -20,6 +20,7 @@ import math
 import numbers
 import warnings
 
+import numpy as np
 import torch
 
 from .controllers import IController, get_controller, lane_pow
@@ -120,7 +121,31 @@ def solve(f, y0, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8, t_eval=None, 
 
 
 class _Problem:
-    pass
+    """The validated inputs. For float spans, the (batch,) tensors `t1` and `direction` are
+    built on first use: the loop keeps those spans as python numbers."""
+
+    _t1 = _direction = None
+
+    @property
+    def t1(self):
+        if self._t1 is None:
+            self._t1 = _as_time(self.t1_in, "t_span[1] (t1)", self.batch, self.dtype, self.device)
+        return self._t1
+
+    @property
+    def direction(self):
+        if self._direction is None:
+            self._direction = torch.sign(self.t1 - self.t0)
+        return self._direction
+
+
+def _round_to(x, dtype):
+    """The python float `x` rounded to `dtype` (as ``torch.tensor(x, dtype=dtype).item()``)."""
+    if dtype == torch.float64:
+        return float(x)
+    if dtype == torch.float32:  # numpy's cast: same IEEE rounding, without a tensor
+        return float(np.float32(x))
+    return torch.tensor(x, dtype=dtype).item()
 
 
 def _as_time(x, name, batch, dtype, device):
@@ -137,16 +162,20 @@ def _as_time(x, name, batch, dtype, device):
                              f"shape {tuple(x.shape)}")
         x = x.detach().to(dtype)
     elif isinstance(x, numbers.Real):
-        if not math.isfinite(x):
-            raise ValueError(f"{name} must be finite, got {x}")
-        if abs(x) > torch.finfo(dtype).max:
-            raise ValueError(f"{name} = {x} overflows y0's dtype {dtype}")
+        _check_float_time(x, name, dtype)
         return torch.full((batch,), float(x), dtype=dtype, device=device)
     else:
         raise TypeError(f"{name} must be a float or a tensor, got {type(x).__name__}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} must be finite")
     return x
+
+
+def _check_float_time(x, name, dtype):
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    if abs(x) > torch.finfo(dtype).max:
+        raise ValueError(f"{name} = {x} overflows y0's dtype {dtype}")
 
 
 def _tolerance(x, name, state_shape, dtype, device):
@@ -200,15 +229,19 @@ def _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, f
     if not isinstance(t_span, (tuple, list)) or len(t_span) != 2:
         raise ValueError("t_span must be a pair (t0, t1)")
     p.span_floats = (tuple(float(x) for x in t_span)
-                     if all(isinstance(x, numbers.Real) for x in t_span) else None)
+                     if all(type(x) in (float, int) or isinstance(x, numbers.Real)
+                            for x in t_span) else None)
     p.t0 = _as_time(t_span[0], "t_span[0] (t0)", p.batch, p.dtype, p.device)
-    p.t1 = _as_time(t_span[1], "t_span[1] (t1)", p.batch, p.dtype, p.device)
+    p.t1_in = t_span[1]
+    if p.span_floats is None:
+        p.t1  # noqa: B018 (a tensor t1 is converted and checked now)
+    else:
+        _check_float_time(p.span_floats[1], "t_span[1] (t1)", p.dtype)
     # Gradient with respect to the horizon: dy(t1)/dt1 = f(t1, y(t1)) (applied at the end).
     t1_in = t_span[1]
     p.t1_grad = None
     if isinstance(t1_in, torch.Tensor) and t1_in.requires_grad:
         p.t1_grad = t1_in.to(p.dtype).expand(p.batch) if t1_in.dim() == 0 else t1_in.to(p.dtype)
-    p.direction = torch.sign(p.t1 - p.t0)
 
     p.method = get_method(method)
     p.controller = get_controller(controller)
@@ -407,18 +440,20 @@ def _integrate(p, dense_output, compact):
 
     # --- active-set state ---------------------------------------------------------------------
     idx = torch.arange(B, device=device)
-    t, t1, direction = p.t0.clone(), p.t1, p.direction
+    t = p.t0.clone()
     # Float spans (the common case): t1, the direction and the step floor below are the same
     # for every sample, so they stay python numbers (no per-step tensor ops, nothing to gather
     # on compaction). t1 is first rounded to the dtype so that scalar arithmetic gives the
     # same values as the (batch,) tensors would.
     uniform, sgn = False, 0
     if p.span_floats is not None:  # compared once rounded (ends can round to the same value)
-        t0r, t1r = (torch.tensor(x, dtype=dtype).item() for x in p.span_floats)
+        t0r, t1r = (_round_to(x, dtype) for x in p.span_floats)
         uniform = t0r != t1r
     if uniform:
         t1, sgn = t1r, (1 if t1r > t0r else -1)
         direction = float(sgn)
+    else:
+        t1, direction = p.t1, p.direction
     y = p.y0
     argsa = (p.args if p.args_is_tuple else (p.args,)) if has_args else ()
 
@@ -533,11 +568,11 @@ def _integrate(p, dense_output, compact):
     # Below this step size a sample cannot make progress: the float spacing of its times,
     # or the user's dt_min (constant per sample: |t| never exceeds max(|t0|, |t1|)).
     # (With float spans: the same value, computed the same way, as a python number.)
-    tmax = (torch.tensor(max(abs(t0r), abs(t1r)), dtype=dtype) if uniform
-            else torch.maximum(p.t0.abs(), p.t1.abs()))
-    floor = torch.clamp(tmax * (8 * eps), min=p.dt_min)
-    if uniform:
-        floor = floor.item()
+    if uniform:  # 8 eps is a power of two: the product is exact before rounding to dtype
+        floor = max(_round_to(max(abs(t0r), abs(t1r)) * (8 * eps), dtype),
+                    _round_to(p.dt_min, dtype))
+    else:
+        floor = torch.clamp(torch.maximum(p.t0.abs(), p.t1.abs()) * (8 * eps), min=p.dt_min)
 
     def gather(keep):
         nonlocal idx, t, t1, direction, y, h, k1, nrej, cstate, argsa, live, floor, rej_prev
@@ -870,11 +905,15 @@ def _integrate(p, dense_output, compact):
         rec_t[:] = map(resolved, rec_t)
         rec_y[:] = map(resolved, rec_y)
         rec_ev_t[:] = map(resolved, rec_ev_t)
-    # Status codes and step counts in record order: (2, B), built in one op from python ints
-    # unless some record carries per-sample (failure) codes.
+    # Status codes, step counts and f rows evaluated per sample (in compact mode exactly;
+    # masked mode also evaluates finished samples, which is not counted), in record order:
+    # (3, B), built in one op from python ints unless some record carries per-sample
+    # (failure) codes.
+    per_step = s if not fsal else s - 1
+    rec_nfe = [nfe_init + st * per_step for st in rec_steps]
     counts = [r.shape[0] for r in rec_idx]
     if all(isinstance(c, int) for c in rec_status):
-        codes = torch.tensor([rec_status, rec_steps], dtype=torch.int64, device=device)
+        codes = torch.tensor([rec_status, rec_steps, rec_nfe], dtype=torch.int64, device=device)
         codes = (codes.repeat(1, B) if len(counts) == 1 else codes.repeat_interleave(
             torch.tensor(counts, device=device), dim=1, output_size=B))
     else:
@@ -882,8 +921,8 @@ def _integrate(p, dense_output, compact):
             torch.cat([c.long() if isinstance(c, torch.Tensor)
                        else torch.full((m,), c, dtype=torch.int64, device=device)
                        for c, m in zip(rec_status, counts)]),
-            torch.cat([torch.full((m,), st, dtype=torch.int64, device=device)
-                       for st, m in zip(rec_steps, counts)])])
+            *(torch.cat([torch.full((m,), v, dtype=torch.int64, device=device)
+                         for v, m in zip(row, counts)]) for row in (rec_steps, rec_nfe))])
     if len(rec_idx) == 1 and not gathered and counts[0] == B:
         # Everything finished together in one record, in batch order already.
         t_out, y_out, n_rej = rec_t[0], rec_y[0], rec_rej[0]
@@ -898,7 +937,7 @@ def _integrate(p, dense_output, compact):
 
         t_out, y_out, n_rej, codes = place(rec_t), place(rec_y), place(rec_rej), place([codes], 1)
         f_out = place(rec_f) if rec_f else None
-    status, n_steps = codes[0], codes[1]
+    status, n_steps, nfe = codes.unbind(0)
     n_acc = n_steps - n_rej
     if p.t1_grad is not None:
         # Value zero, gradient 1 w.r.t. t1 on samples that reached t1: d y/d t1 = f(t1, y).
@@ -908,10 +947,6 @@ def _integrate(p, dense_output, compact):
         # f of rows that did not reach t1 may be non-finite, and NaN * 0 is NaN: zero them.
         f_out = torch.where(ok.reshape(-1, *ones), f_out, 0.0)
         y_out = y_out + f_out * shift.reshape(-1, *ones)
-    per_step = s if not fsal else s - 1
-    # f rows evaluated for each sample (in compact mode: exactly; masked mode also evaluates
-    # finished samples, which is not counted).
-    nfe = nfe_init + n_steps * per_step
     event_mask = torch.zeros(B, dtype=torch.bool, device=device)
     t_event = None
     if ev is not None:
