@@ -61,3 +61,28 @@ def test_sweep_skips_our_rtols_below_four_eps_in_float32_only(bench):
     assert "3e-07, 1e-07" in notes["solvers.ode"] and "torchdiffeq" not in notes
     runs, notes = bench.sweep_runs(["solvers.ode"], rtols, torch.float64)
     assert [r for _, r in runs] == list(rtols) and not notes
+
+
+@pytest.mark.parametrize("block, repeats", [(1, 5), (4, 6), (4, 7), (2, 3)])
+def test_interleaved_timing_runs_blocks_and_times_all_but_their_first_run(bench, block, repeats):
+    calls, timed = [], []
+
+    def runner(name):
+        def run():
+            calls.append(name)
+            return len(calls)
+        return run
+
+    res = bench.interleaved_medians({"a": runner("a"), "b": runner("b")}, repeats, "cpu",
+                                    record=lambda name, out, s: timed.append((name, out)),
+                                    block=block)
+    per_turn = block - 1 if block > 1 else 1
+    turns = -(-repeats // per_turn)  # enough turns for `repeats` timed runs
+    # one warm-up each, then turns of `block` consecutive runs of one runner
+    assert calls == ["a", "b"] + (["a"] * block + ["b"] * block) * turns
+    timed_a = [out for name, out in timed if name == "a"]
+    assert len(timed_a) == turns * per_turn >= repeats
+    # the first run of each block (its warm-up) is never timed
+    firsts = {2 + 2 * block * k + 1 for k in range(turns)} if block > 1 else set()
+    assert not firsts & set(timed_a)
+    assert set(res) == {"a", "b"} and res["b"][1] == len(calls)
