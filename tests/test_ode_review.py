@@ -15,6 +15,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 from solvers import ode
@@ -374,3 +376,38 @@ def test_max_steps_in_a_batch_where_some_samples_already_finished(compact):
     torch.testing.assert_close(sol.t, torch.tensor([0.05, 0.1, 0.001, 0.1], dtype=D))
     torch.testing.assert_close(sol.y[:, 0], torch.tensor([0.99 ** 5, 0.99 ** 10, 0.999,
                                                           0.99 ** 10], dtype=D))
+
+
+# ------------------------------------------------------- initial step: python-number span paths
+
+
+@pytest.mark.parametrize("span", [(0.0, 1.0), (2.0, -1.0)])
+@pytest.mark.parametrize("tensor_span", [False, True])
+def test_initial_step_of_a_flat_sample_matches_scipy(span, tensor_span):
+    # y' = a y with a = 0 (f vanishes: Hairer's heuristic takes its small-step branch,
+    # h = max(1e-6, 1e-3 h0)) beside a = -1 in one batch; each sample's counts equal scipy's
+    # RK45 run alone, for float and tensor spans.
+    a = torch.tensor([[0.0], [-1.0]], dtype=D)
+    y0 = torch.ones(2, 1, dtype=D)
+    ts = span if not tensor_span else tuple(torch.full((2,), x, dtype=D) for x in span)
+    sol = ode.solve(lambda t, y, a: a * y, y0, ts, args=a, rtol=1e-6, atol=1e-8)
+    for i, ai in enumerate((0.0, -1.0)):
+        ref = solve_ivp(lambda t, y, ai=ai: [ai * y[0]], span, [1.0], rtol=1e-6, atol=1e-8)
+        assert sol.stats["nfe"][i].item() == ref.nfev
+        assert sol.stats["n_accepted"][i].item() == len(ref.t) - 1
+        assert sol.y[i, 0].item() == pytest.approx(ref.y[0, -1], rel=1e-6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(t0=st.floats(-1e6, 1e6) | st.floats(-1e-3, 1e-3), t1=st.floats(-1e6, 1e6),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_python_span_equals_the_tensor_difference(t0, t1, dtype):
+    # The float-span path computes |t1 - t0| and 1e-6 |t1 - t0| (the start of a sample whose
+    # f is not finite at t0) as python numbers; they must be what tensors would give.
+    from solvers.ode.solve import _round_to, _span_in
+
+    a, b = (torch.tensor(x, dtype=dtype) for x in (t0, t1))
+    span = _span_in(a.item(), b.item(), dtype)
+    assert span == (b - a).abs().item()
+    small = _round_to(_round_to(1e-6, dtype) * span, dtype)
+    assert small == (1e-6 * (b - a).abs()).item()

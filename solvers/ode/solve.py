@@ -148,6 +148,21 @@ def _round_to(x, dtype):
     return torch.tensor(x, dtype=dtype).item()
 
 
+def _span_in(t0, t1, dtype):
+    """|t1 - t0| as the dtype computes it, for t0, t1 already rounded to the dtype; None for
+    dtypes other than float32/float64 and spans at the overflow edge (use tensors there).
+
+    float64: IEEE subtraction. float32: the float64 difference (exact unless the exponents
+    differ by more than 29, and then far from a float32 rounding tie) rounded once.
+    """
+    d = abs(t1 - t0)
+    if dtype == torch.float64:
+        return d
+    if dtype == torch.float32 and d < 3.0e38:
+        return _round_to(d, dtype)
+    return None
+
+
 def _as_time(x, name, batch, dtype, device):
     if isinstance(x, torch.Tensor):
         if x.device != device:
@@ -473,9 +488,10 @@ def _integrate(p, dense_output, compact):
     failures = [False]  # whether a sample ended with a failure status (MAX_STEPS or worse)
 
     def record(sel, t_sel, y_sel, status, steps, nrej_sel):
+        """Record finished samples: active rows `sel`, or all of them (`sel` None)."""
         if p.t1_grad is not None:  # f at the final point (used for SUCCESS rows only)
-            rec_f.append(k1.detach().index_select(0, sel))
-        ids = idx.index_select(0, sel)
+            rec_f.append(k1.detach() if sel is None else k1.detach().index_select(0, sel))
+        ids = idx if sel is None else idx.index_select(0, sel)
         rec_idx.append(ids)
         rec_t.append(t_sel)
         rec_y.append(y_sel)
@@ -522,18 +538,29 @@ def _integrate(p, dense_output, compact):
                 d0 = torch.linalg.vector_norm(y / scale, dim=red_dims)
                 d1 = torch.linalg.vector_norm(k1 / scale, dim=red_dims)
                 h0 = torch.where(torch.minimum(d0, d1) < 1e-5, 1e-6, 0.01 * d0 / d1)
-                span = t1 - t if sgn > 0 else (t1 - t).abs()
-                h0 = torch.minimum(h0, span)
+                # |t1 - t0|: a python number in the dtype for float spans
+                span = _span_in(t0r, t1r, dtype) if uniform else None
+                if span is None:
+                    span = t1 - t if sgn > 0 else (t1 - t).abs()
+                    h0 = torch.minimum(h0, span)
+                else:
+                    h0 = h0.clamp_(max=span)
                 hd0 = h0 if sgn > 0 else h0 * direction
                 f1 = fcall(t + hd0, torch.addcmul(y, hd0.reshape(-1, *ones), k1), argsa)
                 d2 = torch.linalg.vector_norm((f1 - k1).div_(scale), dim=red_dims).div_(h0)
                 dm = torch.maximum(d1, d2)
-                h1 = torch.where(dm <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
-                                 lane_pow(0.01 / dm, 1.0 / (q + 1)))
+                h1 = lane_pow(0.01 / dm, 1.0 / (q + 1))
+                flat_f = dm <= 1e-15  # f and its variation vanish (rare): a small step
+                if bool(flat_f.any()):
+                    h1 = torch.where(flat_f, torch.clamp(h0 * 1e-3, min=1e-6), h1)
                 hh = torch.minimum(100 * h0, h1)
                 # A non-finite f at t0 (NaN sample) must not poison h: start small, let the
                 # step-rejection logic shrink it to the failure floor. (NaN < inf is False.)
-                hh = torch.where(hh < math.inf, hh, 1e-6 * span)
+                if isinstance(span, float):
+                    small = _round_to(_round_to(1e-6, dtype) * span, dtype)  # 1e-6 * span
+                    hh = torch.nan_to_num(hh, nan=small, posinf=small)
+                else:
+                    hh = torch.where(hh < math.inf, hh, 1e-6 * span)
                 h = hh if sgn > 0 else hh * direction
             nfe_init += 1
         if p.dt_max < math.inf:
@@ -835,6 +862,9 @@ def _integrate(p, dense_output, compact):
             # The usual way samples finish: every step accepted, some reached their end.
             # Nothing to merge and no failure possible: record those and compact.
             y, k1, t = y_new, f_new, t_new
+            if bool(last.all()):  # the active samples all finish here: nothing to select
+                record(None, t, y, Status.SUCCESS, it, nrej)
+                break
             sel = last.nonzero().flatten()
             record(sel, t.index_select(0, sel), y.index_select(0, sel), Status.SUCCESS, it,
                    nrej.index_select(0, sel))
@@ -914,7 +944,7 @@ def _integrate(p, dense_output, compact):
     counts = [r.shape[0] for r in rec_idx]
     if all(isinstance(c, int) for c in rec_status):
         codes = torch.tensor([rec_status, rec_steps, rec_nfe], dtype=torch.int64, device=device)
-        codes = (codes.repeat(1, B) if len(counts) == 1 else codes.repeat_interleave(
+        codes = (codes.expand(-1, B).clone() if len(counts) == 1 else codes.repeat_interleave(
             torch.tensor(counts, device=device), dim=1, output_size=B))
     else:
         codes = torch.stack([
