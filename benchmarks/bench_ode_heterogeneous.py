@@ -34,10 +34,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ode_overhead import add_run_arguments, interleaved_medians, make_field, setup_run  # noqa: E402
+from bench_ode_overhead import (  # noqa: E402
+    add_run_arguments,
+    interleaved_medians,
+    make_field,
+    run_torchdiffeq,
+    setup_run,
+)
 
 from solvers import ode  # noqa: E402
-from solvers.ode.compat import solve_with_torchdiffeq  # noqa: E402
 
 
 def main(argv=None):
@@ -87,9 +92,8 @@ def main(argv=None):
         with torch.no_grad():
             return ode.solve(f, y0, (0.0, T), **kw)
 
-    def tdiffeq():
-        with torch.no_grad():
-            return solve_with_torchdiffeq(f, y0, (0.0, T), method="dopri5", rtol=rtol, atol=atol)
+    # torchdiffeq.odeint itself is timed (f ignores its time argument, so its scalar t is fine)
+    tdiffeq, _ = run_torchdiffeq(f, y0, T, rtol, atol)
 
     runners = {"solvers.ode event": ours_event, "solvers.ode horizons": ours_horizons,
                "solvers.ode all to T": ours_full, "torchdiffeq (to T)": tdiffeq}
