@@ -411,3 +411,17 @@ def test_python_span_equals_the_tensor_difference(t0, t1, dtype):
     assert span == (b - a).abs().item()
     small = _round_to(_round_to(1e-6, dtype) * span, dtype)
     assert small == (1e-6 * (b - a).abs()).item()
+
+
+def test_fixed_steps_ignore_dt_min_and_an_overflowing_dt_min_is_refused():
+    # dt_min bounds adaptive steps only: with dt= it must not stretch the last fixed step
+    # (it used to: dt=0.1, dt_min=0.5 on [0, 1] took 6 steps, the last of length 0.5).
+    y0 = torch.ones(1, 1, dtype=D)
+    plain = ode.solve(lambda t, y: -y, y0, (0.0, 1.0), method="rk4", dt=0.1)
+    with_min = ode.solve(lambda t, y: -y, y0, (0.0, 1.0), method="rk4", dt=0.1, dt_min=0.5)
+    assert with_min.stats["n_steps"].item() == plain.stats["n_steps"].item() == 10
+    assert torch.equal(with_min.y, plain.y)
+    assert with_min.y.item() == pytest.approx(math.exp(-1.0), abs=1e-6)  # rk4, h = 0.1
+    with pytest.raises(ValueError, match="dt_min = 1e\\+39 overflows"):
+        ode.solve(lambda t, y: -y, y0.float(), (0.0, 1.0), method="rk4", dt=0.1, dt_min=1e39,
+                  dt_max=1e40)

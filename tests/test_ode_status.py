@@ -124,6 +124,7 @@ Y = torch.ones(2, 1, dtype=D)
     ({"controller": "pid"}, ValueError, r"controller must be"),
     ({"max_steps": 0}, ValueError, r"max_steps"),
     ({"dt_min": -1.0}, ValueError, r"dt_min"),
+    ({"dt_min": math.inf}, ValueError, r"dt_min = inf overflows"),
     ({"dt_max": 0.0}, ValueError, r"dt_max"),
     ({"first_step": -0.1}, ValueError, r"first_step must be > 0"),
     ({"args": torch.ones(3)}, ValueError, r"leading batch dimension 2"),

@@ -70,7 +70,7 @@ def solve(f, y0, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8, t_eval=None, 
       with an adaptive method, it forces fixed steps (the error estimate is not used).
     - `first_step`: initial step of adaptive methods (float or ``(batch,)``); default
       Hairer's heuristic per sample (one extra `f` evaluation).
-    - `dt_min`, `dt_max`: bounds on the step size magnitude.
+    - `dt_min`, `dt_max`: bounds on the magnitude of adaptive steps (not used with `dt`).
     - `controller`: ``"i"`` (default), ``"pi"``, or an ``IController`` / ``PIController``.
     - `compact`: drop finished samples from the active set (default). ``False`` keeps the
       full batch in every `f` call and freezes finished samples by masking.
@@ -287,6 +287,8 @@ def _validate(f, y0, t_span, method, rtol, atol, t_eval, event, max_steps, dt, f
         raise ValueError(f"dt_min must be a float >= 0, got {dt_min!r}")
     if not isinstance(dt_max, numbers.Real) or not dt_max > 0 or dt_max < dt_min:
         raise ValueError(f"dt_max must be > 0 and >= dt_min, got {dt_max!r}")
+    if dt_min > torch.finfo(p.dtype).max:
+        raise ValueError(f"dt_min = {dt_min} overflows y0's dtype {p.dtype}")
     p.dt_min, p.dt_max = float(dt_min), float(dt_max)
 
     if dt is None:
@@ -595,11 +597,13 @@ def _integrate(p, dense_output, compact):
     # Below this step size a sample cannot make progress: the float spacing of its times,
     # or the user's dt_min (constant per sample: |t| never exceeds max(|t0|, |t1|)).
     # (With float spans: the same value, computed the same way, as a python number.)
+    # (Fixed steps ignore dt_min: it would stretch the last step to the end of the span.)
+    dt_min = p.dt_min if adaptive else 0.0
     if uniform:  # 8 eps is a power of two: the product is exact before rounding to dtype
         floor = max(_round_to(max(abs(t0r), abs(t1r)) * (8 * eps), dtype),
-                    _round_to(p.dt_min, dtype))
+                    _round_to(dt_min, dtype))
     else:
-        floor = torch.clamp(torch.maximum(p.t0.abs(), p.t1.abs()) * (8 * eps), min=p.dt_min)
+        floor = torch.clamp(torch.maximum(p.t0.abs(), p.t1.abs()) * (8 * eps), min=dt_min)
 
     def gather(keep):
         nonlocal idx, t, t1, direction, y, h, k1, nrej, cstate, argsa, live, floor, rej_prev
