@@ -9,8 +9,9 @@ compiled block gives the same bits, and reports the compile time.
 Measured here (2-core shared CPU, 1 thread, 2026-11-22, two runs): eager 20.5-20.8 us,
 compiled 27.9-28.7 us per call, 12.6 s to compile with a cold inductor cache (1.7 s warm), and
 the compiled block's step sizes differ from eager ones in the last bit (max difference
-5.96e-8). So compilation would make the step slower at this size and
-break the bit-identical batch independence the solver guarantees; the loop stays eager.
+5.96e-8). So compilation would make the step slower at this size and change its results in
+the last bit (whether the compiled kernels' rounding is independent of the batch size, which
+the eager loop guarantees, is not tested here); the loop stays eager.
 
 Usage::
 

@@ -150,7 +150,7 @@ def median_time(fn, repeats, device):
 
 
 def interleaved_medians(runners, repeats, device, record=None, block=None):
-    """Median time of each runner over at least `repeats` timed runs (whole turns). Returns
+    """Median time of each runner over `repeats` timed runs. Returns
     ``{name: (median_seconds, last_output)}``; `record(name, output, seconds)`, when given, sees
     every timed run.
 
@@ -159,8 +159,9 @@ def interleaved_medians(runners, repeats, device, record=None, block=None):
     The first run of a block is an untimed warm-up: each timed run then finds the caches and the
     memory allocator as its own solver left them, as in a training loop that calls one solver
     over and over, and as ``t_f`` is measured. (Timed right after another solver, a run pays for
-    that solver's cache and heap state: ours measured 5-12 % slower that way.) ``block=1`` is a
-    plain round robin that times every run."""
+    that solver's cache and heap state: ours and torchdiffeq's measured ~7 % slower that way,
+    see docs/ode_validation.md.) ``block=1`` is a plain round robin that times every run. The
+    last turn stops once a runner has its `repeats` timed runs."""
     block = TIMING["block"] if block is None else block
     for fn in runners.values():
         fn()  # warm-up
@@ -179,6 +180,8 @@ def interleaved_medians(runners, repeats, device, record=None, block=None):
                 times[name].append(clock() - t0)
                 if record is not None:
                     record(name, outs[name], times[name][-1])
+                if len(times[name]) == repeats:
+                    break
     return {name: (statistics.median(times[name]), outs[name]) for name in runners}
 
 

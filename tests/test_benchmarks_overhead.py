@@ -76,13 +76,19 @@ def test_interleaved_timing_runs_blocks_and_times_all_but_their_first_run(bench,
     res = bench.interleaved_medians({"a": runner("a"), "b": runner("b")}, repeats, "cpu",
                                     record=lambda name, out, s: timed.append((name, out)),
                                     block=block)
-    per_turn = block - 1 if block > 1 else 1
-    turns = -(-repeats // per_turn)  # enough turns for `repeats` timed runs
-    # one warm-up each, then turns of `block` consecutive runs of one runner
-    assert calls == ["a", "b"] + (["a"] * block + ["b"] * block) * turns
-    timed_a = [out for name, out in timed if name == "a"]
-    assert len(timed_a) == turns * per_turn >= repeats
+    per_turn = block - 1 if block > 1 else 1  # timed runs per turn
+    full, rest = divmod(repeats, per_turn)
+    # one warm-up each, then turns of `block` consecutive runs of one runner; the last turn
+    # ends once a runner has `repeats` timed runs
+    expected = ["a", "b"] + (["a"] * block + ["b"] * block) * full
+    if rest:
+        expected += (["a"] * (rest + 1) + ["b"] * (rest + 1)) if block > 1 else []
+    assert calls == expected
+    for name in "ab":
+        assert len([out for n, out in timed if n == name]) == repeats
     # the first run of each block (its warm-up) is never timed
-    firsts = {2 + 2 * block * k + 1 for k in range(turns)} if block > 1 else set()
-    assert not firsts & set(timed_a)
+    if block > 1:  # a block starts where the runner changes (run numbers are 1-based)
+        starts = {i + 1 for i in range(2, len(calls)) if i == 2 or calls[i] != calls[i - 1]}
+        assert len(starts) == 2 * (full + bool(rest))
+        assert not starts & {out for _, out in timed}
     assert set(res) == {"a", "b"} and res["b"][1] == len(calls)
