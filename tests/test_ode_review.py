@@ -425,3 +425,35 @@ def test_fixed_steps_ignore_dt_min_and_an_overflowing_dt_min_is_refused():
     with pytest.raises(ValueError, match="dt_min = 1e\\+39 overflows"):
         ode.solve(lambda t, y: -y, y0.float(), (0.0, 1.0), method="rk4", dt=0.1, dt_min=1e39,
                   dt_max=1e40)
+
+
+# ------------------------------------- outputs of samples that fail before their first step
+
+
+@pytest.mark.parametrize("span", [(0.0, 1.0), (1.0, -0.5)])
+def test_samples_failing_before_their_first_step_are_solved_at_t0_only(span):
+    # All samples fail on the first attempt (max_steps=1, a first step far too large): dense
+    # output must not crash (it raised IndexError on its empty table) and gives y0 at t0, NaN
+    # elsewhere, like a zero-length span.
+    y0 = torch.tensor([[1.0], [2.0]], dtype=D)
+    sol = ode.solve(lambda t, y: -50 * y, y0, span, first_step=0.9, max_steps=1, throw=False,
+                    dense_output=True)
+    assert (sol.status == int(ode.Status.MAX_STEPS)).all() and (sol.t == span[0]).all()
+    assert torch.equal(sol.interpolate(span[0]), y0)
+    mid = 0.5 * (span[0] + span[1])
+    assert torch.isnan(sol.interpolate(mid)).all()
+
+
+def test_t_eval_and_dense_output_at_t0_for_a_sample_whose_field_is_nan():
+    # Sample 1's field is NaN: it fails at t0 (NONFINITE), and its value at t0 is still y0 (it
+    # was NaN there from t_eval and interpolate); sample 0 is exp(-t) as before.
+    y0 = torch.ones(2, 1, dtype=D)
+    f = lambda t, y, a: torch.where(a[:, None] > 0, y * float("nan"), -y)  # noqa: E731
+    sol = ode.solve(f, y0, (0.0, 1.0), args=torch.tensor([0.0, 1.0], dtype=D),
+                    t_eval=[0.0, 0.0, 0.5], dense_output=True, throw=False)
+    assert sol.status.tolist() == [int(ode.Status.SUCCESS), int(ode.Status.NONFINITE)]
+    assert torch.equal(sol.ys[:, :2, 0], torch.ones(2, 2, dtype=D))  # repeated t0 points
+    assert sol.ys[0, 2, 0].item() == pytest.approx(math.exp(-0.5), rel=1e-6)
+    assert math.isnan(sol.ys[1, 2, 0].item())
+    assert torch.equal(sol.interpolate(0.0), y0)
+    assert math.isnan(sol.interpolate(0.5)[1, 0].item())

@@ -649,6 +649,18 @@ def _integrate(p, dense_output, compact):
         gather(keep)
         gathered = True
     n_active = idx.numel()
+    if p.t_eval is not None and n_active:
+        # Output points at t0 are y0, written now: also for a sample that fails before its
+        # first accepted step (the steps write the points they cover, t0 excluded from none).
+        while True:
+            tn = te.gather(1, ptr.clamp(max=n_eval - 1)[:, None]).squeeze(1)
+            at0 = (ptr < n_eval) & (tn == t)
+            if not bool(at0.any()):
+                break
+            sub = at0.nonzero().flatten()
+            out_idx.append(idx[sub] * n_eval + ptr[sub])
+            out_val.append(y.index_select(0, sub))
+            ptr = ptr + at0.long()
 
     yabs = None
     it = 0
@@ -1002,16 +1014,18 @@ def _integrate(p, dense_output, compact):
         ys = flat.reshape(B, n_eval, *p.state_shape)
     dense = None
     if dense_output:
+        # A sample that failed before its first accepted step is solved at t0 only: a step of
+        # length zero there, as for zero-length spans (y0 at t0, NaN elsewhere).
+        seen = torch.zeros(B, dtype=torch.bool, device=device)
         if dense_rec:
-            cols = list(zip(*dense_rec))
-            dense = DenseOutput(B, *(torch.cat(c) for c in cols), direction=p.direction,
-                                t0=p.t0)
-        else:
-            empty = torch.zeros(0, dtype=torch.int64, device=device)
-            et = torch.zeros(0, dtype=dtype, device=device)
-            dense = DenseOutput(B, empty, et, et, et, p.y0[:0],
-                                p.y0[:0, None].expand(0, 1, *p.state_shape),
-                                direction=p.direction, t0=p.t0)
+            seen.index_fill_(0, torch.cat([r[0] for r in dense_rec]), True)
+        miss = (~seen).nonzero().flatten()
+        if miss.numel():
+            t0m = p.t0.index_select(0, miss)
+            dense_rec.append((miss, t0m, t0m, torch.zeros_like(t0m), p.y0.index_select(0, miss),
+                              p.y0.new_zeros(miss.numel(), len(W_list), *p.state_shape)))
+        cols = list(zip(*dense_rec))
+        dense = DenseOutput(B, *(torch.cat(c) for c in cols), direction=p.direction, t0=p.t0)
     return (Solution(t_out, y_out, status, stats, ts=ts, ys=ys, t_event=t_event, dense=dense),
             failures[0])
 
