@@ -457,3 +457,60 @@ def test_t_eval_and_dense_output_at_t0_for_a_sample_whose_field_is_nan():
     assert math.isnan(sol.ys[1, 2, 0].item())
     assert torch.equal(sol.interpolate(0.0), y0)
     assert math.isnan(sol.interpolate(0.5)[1, 0].item())
+
+
+# --------------------------------------- gradients through rejected trials and failed samples
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8"])
+def test_backprop_through_a_rejected_trial_step_in_a_nan_region(method):
+    # y' = -k y^(3/2), y(0) = 1: y = (1 + k t / 2)^-2. first_step=0.5 sends the trial step to
+    # y <= 0 (sqrt: NaN, or 0 where its derivative is infinite); it is rejected, the solve
+    # succeeds, and the gradients are the closed form's (they were NaN).
+    k = torch.tensor(10.0, dtype=D, requires_grad=True)
+    y0 = torch.tensor([[1.0]], dtype=D, requires_grad=True)
+    sol = ode.solve(lambda t, y: -k * y * torch.sqrt(y), y0, (0.0, 1.0), method=method,
+                    first_step=0.5)
+    assert sol.stats["n_rejected"].item() >= 1
+    gk, gy = torch.autograd.grad(sol.y.sum(), (k, y0))
+    s = 1.0 + 10.0 / 2
+    assert gk.item() == pytest.approx(-(s**-3), rel=1e-4)
+    assert gy.item() == pytest.approx(s**-3, rel=1e-4)
+
+
+class _Decay(torch.nn.Module):
+    """y' = -k y, NaN for samples whose first component starts above 5 once t > 0.5 (or from
+    t = 0 with `from_start`)."""
+
+    def __init__(self, from_start=False):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor([1.0, 0.5], dtype=D))
+        self.t_bad = -1.0 if from_start else 0.5
+
+    def forward(self, t, y):
+        out = -self.k * y
+        bad = (t > self.t_bad) & (y[:, 0] > 5)
+        return torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+
+
+@pytest.mark.parametrize("from_start", [False, True])
+@pytest.mark.parametrize("method, kw", [("dopri5", {}), ("tsit5", {}), ("rk4", {"dt": 0.1})])
+def test_a_failed_sample_leaves_the_gradients_of_the_others_alone(method, kw, from_start):
+    # One sample's f turns NaN (it fails with NONFINITE, throw=False); the gradients of a loss
+    # on the others equal those of the same loss solved without it (they were NaN), and the
+    # closed form dy/dk = -t y.
+    good = torch.tensor([[1.0, 0.1], [2.0, 0.1]], dtype=D)
+    y0 = torch.cat([good, torch.tensor([[10.0, 3.0]], dtype=D)]).requires_grad_()
+    field = _Decay(from_start)
+    sol = ode.solve(field, y0, (0.0, 2.0), method=method, throw=False, **kw)
+    assert sol.status.tolist() == [0, 0, int(ode.Status.NONFINITE)]
+    gk, gy = torch.autograd.grad(sol.y[:2].sum(), (field.k, y0))
+    alone = good.clone().requires_grad_()
+    ref = ode.solve(field, alone, (0.0, 2.0), method=method, **kw)
+    rk, ry = torch.autograd.grad(ref.y.sum(), (field.k, alone))
+    assert torch.isfinite(gk).all() and torch.isfinite(gy).all()
+    torch.testing.assert_close(gk, rk, rtol=1e-12, atol=0)
+    torch.testing.assert_close(gy[:2], ry, rtol=1e-12, atol=0)
+    assert (gy[2] == 0).all()
+    exact = -2.0 * (good * torch.exp(-2.0 * field.k.detach())).sum(0)
+    torch.testing.assert_close(gk, exact, rtol=1e-4, atol=0)

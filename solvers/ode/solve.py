@@ -524,6 +524,28 @@ def _integrate(p, dense_output, compact):
     if ev is not None and grad_on and not graph:
         graph = _event_needs_grad(gcall, t, y, argsa)
     fast = not graph and dtype in (torch.float32, torch.float64)
+    if graph:
+        # No NaN/inf may enter the autograd graph: a sample whose f is not finite gets its step
+        # rejected (or fails), and its rows then receive zero gradients, but zero times a NaN
+        # saved inside f is NaN, summed into f's parameter gradients of every sample. A call
+        # with non-finite rows is therefore repeated on the finite rows only (rare: failures
+        # and overshooting trial steps), and the other rows are kept without history.
+        fcall_plain = fcall
+
+        def fcall(t, y, a):  # noqa: F811 (the graph-mode wrapper of the plain call)
+            out = fcall_plain(t, y, a)
+            if math.isfinite(float(out.detach().sum())):
+                return out
+            with torch.no_grad():
+                good = torch.isfinite(out).flatten(1).all(1)
+            if bool(good.all()):  # a finite output whose sum overflowed
+                return out
+            sub = good.nonzero().flatten()
+            part = fcall_plain(t.index_select(0, sub), y.index_select(0, sub),
+                               tuple(x.index_select(0, sub) for x in a))
+            return out.detach().index_put((sub,), part)
+
+        k1 = fcall(t, y, argsa) if not math.isfinite(float(k1.detach().sum())) else k1
     if fast:
         Kbuf = torch.empty(n_ext, B * D, dtype=dtype, device=device)
         A_t, B_t, E_t = method.stage_matrices(dtype, device)
@@ -890,10 +912,13 @@ def _integrate(p, dense_output, compact):
                 gather(keep)
                 gathered = True
             continue
-        acc_b = accept.reshape(-1, *ones)
-        y = torch.where(acc_b, y_new, y)
-        k1 = torch.where(acc_b, f_new, k1)
-        t = torch.where(accept, t_new, t)
+        if not graph or bool(accept.any()):
+            acc_b = accept.reshape(-1, *ones)
+            y = torch.where(acc_b, y_new, y)
+            k1 = torch.where(acc_b, f_new, k1)
+            t = torch.where(accept, t_new, t)
+        # (else nothing moves, and the rejected step's graph is left out: its zero gradients
+        # would meet f's derivatives at the trial points, which may be infinite)
         nrej += ~accept
         rej_prev = ~accept
 
