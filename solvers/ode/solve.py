@@ -527,13 +527,12 @@ def _integrate(p, dense_output, compact):
     if graph:
         # No NaN/inf may enter the autograd graph: a sample whose f is not finite gets its step
         # rejected (or fails), and its rows then receive zero gradients, but zero times a NaN
-        # saved inside f is NaN, summed into f's parameter gradients of every sample. A call
-        # with non-finite rows is therefore repeated on the finite rows only (rare: failures
-        # and overshooting trial steps), and the other rows are kept without history.
-        fcall_plain = fcall
-
-        def fcall(t, y, a):  # noqa: F811 (the graph-mode wrapper of the plain call)
-            out = fcall_plain(t, y, a)
+        # saved inside f is NaN, summed into f's parameter gradients of every sample. So f's
+        # first value, a non-FSAL method's f at the step's end, and every step whose error is
+        # not finite for some sample (see `clean_step`) are recomputed on the finite rows only
+        # (rare: failures, trial steps that overshoot), the other rows kept without history.
+        def finite_call(t, y, a, out=None):
+            out = fcall(t, y, a) if out is None else out
             if math.isfinite(float(out.detach().sum())):
                 return out
             with torch.no_grad():
@@ -541,11 +540,11 @@ def _integrate(p, dense_output, compact):
             if bool(good.all()):  # a finite output whose sum overflowed
                 return out
             sub = good.nonzero().flatten()
-            part = fcall_plain(t.index_select(0, sub), y.index_select(0, sub),
-                               tuple(x.index_select(0, sub) for x in a))
+            part = fcall(t.index_select(0, sub), y.index_select(0, sub),
+                         tuple(x.index_select(0, sub) for x in a))
             return out.detach().index_put((sub,), part)
 
-        k1 = fcall(t, y, argsa) if not math.isfinite(float(k1.detach().sum())) else k1
+        k1 = finite_call(t, y, argsa, out=k1)
     if fast:
         Kbuf = torch.empty(n_ext, B * D, dtype=dtype, device=device)
         A_t, B_t, E_t = method.stage_matrices(dtype, device)
@@ -626,6 +625,34 @@ def _integrate(p, dense_output, compact):
                     _round_to(dt_min, dtype))
     else:
         floor = torch.clamp(torch.maximum(p.t0.abs(), p.t1.abs()) * (8 * eps), min=dt_min)
+
+    def graph_stages(tst, y, hb, k1, a):
+        """The stages (k1 first) and the new state of one step, out of place."""
+        ks, yi = [k1], y
+        for i in range(1, s):
+            yi = torch.addcmul(y, hb, _lincomb_grad(A[i], ks))
+            ks.append(fcall(tst[i], yi, a))
+        return ks, (yi if fsal else torch.addcmul(y, hb, _lincomb_grad(Bw, ks)))
+
+    def clean_step(good, ks, y_new):
+        """Recompute a step on its rows `good` (graph mode; the other rows' error is not
+        finite): stages and new state, blended with the other rows' values without history.
+
+        The step's first stage k1 is clean already (it comes from f's first value, a clean
+        step's last stage or a non-FSAL method's checked f at the step's end: a finite error
+        implies finite stages), so it keeps its history."""
+        sub = good.nonzero().flatten()
+        if not sub.numel():
+            return [k.detach() for k in ks], y_new.detach()
+        tg, yg, hg = t.index_select(0, sub), y.index_select(0, sub), hs.index_select(0, sub)
+        ag = tuple(x.index_select(0, sub) for x in argsa)
+        ksg, yng = graph_stages(torch.addcmul(tg, C_col, hg).unbind(0), yg,
+                                hg.reshape(-1, *ones), k1.index_select(0, sub), ag)
+
+        def blend(full, part):
+            return full.detach().index_put((sub,), part)
+
+        return [blend(k, kg) for k, kg in zip(ks, ksg)], blend(y_new, yng)
 
     def gather(keep):
         nonlocal idx, t, t1, direction, y, h, k1, nrej, cstate, argsa, live, floor, rej_prev
@@ -733,15 +760,9 @@ def _integrate(p, dense_output, compact):
             if adaptive:
                 err = torch.mm(E_t, Kpre[s]).view_as(y)
         else:
-            ks = [k1]
-            yi = y
-            for i in range(1, s):
-                yi = torch.addcmul(y, hb, _lincomb_grad(A[i], ks))
-                ks.append(fcall(tst[i], yi, argsa))
+            ks, y_new = graph_stages(tst, y, hb, k1, argsa)
             if fsal:
-                y_new, f_new = yi, ks[-1]
-            else:
-                y_new = torch.addcmul(y, hb, _lincomb_grad(Bw, ks))
+                f_new = ks[-1]
             if adaptive:
                 with torch.no_grad():
                     err = _lincomb_grad(Berr, ks) * hb
@@ -776,10 +797,17 @@ def _integrate(p, dense_output, compact):
                 finite = torch.isfinite(y_new).flatten(1).all(1)
                 accept = finite
                 h_next = h
+        if graph:
+            with torch.no_grad():
+                good = (ratio < math.inf) if adaptive else finite
+            if not bool(good.all()):
+                ks, y_new = clean_step(good, ks, y_new)
+                if fsal:
+                    f_new = ks[-1]
         if live is not None:
             accept = accept & live
         if not fsal:
-            f_new = fcall(t_new, y_new, argsa)
+            f_new = finite_call(t_new, y_new, argsa) if graph else fcall(t_new, y_new, argsa)
             if fast and need_coef:
                 torch.mul(f_new, hb, out=Kv[s])
         # Interpolation coefficients of this step, computed lazily (events, t_eval, dense).
