@@ -3,6 +3,8 @@ differences (gradcheck) and torchdiffeq's ``odeint_adjoint`` on the same problem
 must give the same gradients with no more backward evaluations (Kidger, Chen & Lyons 2021).
 """
 
+import math
+
 import pytest
 import torch
 import torchdiffeq
@@ -236,3 +238,97 @@ def test_adjoint_time_span_gradients():
     sol_bp = ode.solve(f, y0, (0.2, t1), **TOL)
     (g1_bp,) = torch.autograd.grad((sol_bp.y**2).sum(), [t1])
     torch.testing.assert_close(g1, g1_bp, rtol=1e-8, atol=1e-10)
+
+
+# ----------------------------------------------------------- review: failures, dt, closures
+
+D64 = torch.float64
+
+
+class _NanAfterHalf(nn.Module):
+    """y' = -k y; NaN for samples starting above 5 once t > 0.5 (they fail: NONFINITE)."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(1.0, dtype=D64))
+
+    def forward(self, t, y):
+        out = -self.k * y
+        bad = (t > 0.5) & (y[:, 0] > 5)
+        return torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+
+
+def test_adjoint_with_t_eval_skips_the_points_after_a_sample_failed():
+    # The backward pass used to integrate the failed sample forward to its later t_eval points,
+    # into the NaN region, and raise. Now: the closed form sum_te sum_y0 -te y0 exp(-te) for
+    # dL/dk, equal to backpropagation's, and zero gradient for the failed sample.
+    f = _NanAfterHalf()
+    te = torch.tensor([0.25, 0.75, 1.0], dtype=D64)
+    grads = {}
+    for adjoint in (False, True):
+        y0 = torch.tensor([[1.0], [2.0], [10.0]], dtype=D64, requires_grad=True)
+        sol = ode.solve(f, y0, (0.0, 1.0), t_eval=te, throw=False, adjoint=adjoint, **TOL)
+        assert sol.status.tolist() == [0, 0, int(ode.Status.NONFINITE)]
+        grads[adjoint] = torch.autograd.grad(sol.ys[:2].sum(), (f.k, y0))
+    exact = sum(-t * v * math.exp(-t) for t in te.tolist() for v in (1.0, 2.0))
+    for gk, gy in grads.values():
+        assert gk.item() == pytest.approx(exact, rel=1e-7)
+        assert gy[2].item() == 0.0
+    torch.testing.assert_close(grads[True][1], grads[False][1], rtol=1e-7, atol=0)
+
+
+def test_adjoint_with_per_sample_fixed_steps_and_a_zero_length_span():
+    # dt of shape (batch,) was passed whole to the backward solve of the active samples.
+    k = torch.tensor(0.7, dtype=D64, requires_grad=True)
+    dt = torch.tensor([0.01, 0.02, 0.01], dtype=D64)
+    t1 = torch.tensor([1.0, 0.0, 1.0], dtype=D64)
+    out = {}
+    for adjoint in (False, True):
+        y0 = torch.tensor([[1.0], [2.0], [3.0]], dtype=D64, requires_grad=True)
+        sol = ode.solve(lambda t, y: -k * y, y0, (0.0, t1), method="rk4", dt=dt,
+                        adjoint=adjoint, adjoint_options={"adjoint_params": [k]} if adjoint
+                        else None)
+        out[adjoint] = torch.autograd.grad(sol.y.sum(), (k, y0))
+    # closed form: d/dk sum y0 exp(-k t1) = -(1 + 3) exp(-0.7)
+    assert out[True][0].item() == pytest.approx(-4 * math.exp(-0.7), rel=1e-8)
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-9, atol=0)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-9, atol=0)
+
+
+K_GLOBAL = torch.tensor(0.5, dtype=D64, requires_grad=True)
+
+
+def test_adjoint_refuses_a_plain_function_with_tensors_it_would_not_differentiate():
+    y0 = torch.ones(2, 1, dtype=D64, requires_grad=True)
+    k = torch.tensor(0.5, dtype=D64, requires_grad=True)
+    module = nn.Linear(1, 1).double()
+    for f, name in ((lambda t, y: -k * y, "k"), (lambda t, y: -K_GLOBAL * y, "K_GLOBAL"),
+                    (lambda t, y: module(y), "module"), (module.forward, "self")):
+        with pytest.raises(ValueError, match=rf"tensors requiring grad \({name}\)"):
+            ode.solve(f, y0, (0.0, 1.0), adjoint=True)
+    # named explicitly: the gradient is the closed form's, d/dk (y0 e^{-k}) = -y0 e^{-k}
+    sol = ode.solve(lambda t, y: -k * y, y0, (0.0, 1.0), adjoint=True,
+                    adjoint_options={"adjoint_params": [k]}, **TOL)
+    (gk,) = torch.autograd.grad(sol.y.sum(), k)
+    assert gk.item() == pytest.approx(-2 * math.exp(-0.5), rel=1e-8)
+    # an empty list: y0 only, no error
+    sol = ode.solve(lambda t, y: -k * y, y0, (0.0, 1.0), adjoint=True,
+                    adjoint_options={"adjoint_params": []}, **TOL)
+    (gy,) = torch.autograd.grad(sol.y.sum(), y0)
+    torch.testing.assert_close(gy, torch.full_like(gy, math.exp(-0.5)), rtol=1e-8, atol=0)
+    # a plain function of y alone is fine as before
+    ode.solve(lambda t, y: -y, y0, (0.0, 1.0), adjoint=True)
+
+
+def test_a_failed_backward_solve_names_the_batch_sample():
+    # Sample 2 needs many backward steps (max_steps 12), sample 1 has a zero-length span and
+    # is not in the backward solve: the error must say sample 2 (it said sample 1).
+    k = torch.tensor(1.0, dtype=D64, requires_grad=True)
+    f = lambda t, y: -k * y * (1 + 50 * (y[:, :1] > 2.5))  # noqa: E731
+    y0 = torch.tensor([[1.0], [2.0], [3.0]], dtype=D64, requires_grad=True)
+    t1 = torch.tensor([1.0, 0.0, 1.0], dtype=D64)
+    sol = ode.solve(f, y0, (0.0, t1), adjoint=True, throw=False,
+                    adjoint_options={"adjoint_params": [k], "max_steps": 12})
+    assert (sol.status == 0).all()
+    with pytest.raises(ode.SolveError, match=r"backward solve.*\n  sample 2: MAX_STEPS"):
+        sol.y.sum().backward()

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .status import SolveError, Status
+
 __all__ = ["solve_adjoint"]
 
 # Up to this many active samples, per-sample parameter gradients come from a loop of plain
@@ -173,6 +175,14 @@ def _parse_options(adjoint_options, f, method, rtol, atol, max_steps) -> dict:
         raise ValueError(f"adjoint_options['norm'] must be 'seminorm', 'full' or None, got {norm!r}")
     params = options.get("adjoint_params", None)
     if params is None:
+        if not isinstance(f, nn.Module) and torch.is_grad_enabled():
+            captured = _captured_grad_tensors(f)
+            if captured:
+                raise ValueError(
+                    f"adjoint=True: f is a plain function that uses tensors requiring grad "
+                    f"({', '.join(captured)}), which the adjoint would leave without gradient: "
+                    "it differentiates the parameters of an nn.Module f, or the tensors given "
+                    "as adjoint_options={'adjoint_params': [...]} (an empty list for none)")
         params = [p for p in f.parameters() if p.requires_grad] if isinstance(f, nn.Module) else []
     else:
         params = list(params)
@@ -198,6 +208,40 @@ def _parse_options(adjoint_options, f, method, rtol, atol, max_steps) -> dict:
         "max_steps": max_steps_b,
         "params": unique,
     }
+
+
+def _captured_grad_tensors(f) -> list:
+    """Names of tensors requiring grad (or modules with such parameters) that a plain python
+    function reaches through its closure, defaults or the globals it names (one level: what
+    the function's own code refers to)."""
+    code = getattr(f, "__code__", None)
+    if code is None:  # a callable object, a builtin, a partial...
+        return []
+    found = {}
+    owner = getattr(f, "__self__", None)  # a bound method, e.g. of a module
+    if owner is not None:
+        found["self"] = owner
+    cells = zip(code.co_freevars, f.__closure__ or ())
+    for name, cell in cells:
+        try:
+            found[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            pass
+    glob = getattr(f, "__globals__", {})
+    for name in code.co_names:
+        if name in glob:
+            found.setdefault(name, glob[name])
+    for i, v in enumerate(f.__defaults__ or ()):
+        found.setdefault(f"default {i}", v)
+
+    def needs_grad(v):
+        if isinstance(v, Tensor):
+            return v.requires_grad
+        if isinstance(v, nn.Module):
+            return any(p.requires_grad for p in v.parameters())
+        return False
+
+    return [name for name, v in found.items() if needs_grad(v)]
 
 
 def _with_outputs(sol, y, ys, stats):
@@ -327,9 +371,15 @@ def _backsolve(spec: _Spec, grad_y, grad_ys):
         z = torch.cat([y[idx].reshape(-1, d), a[idx].reshape(-1, d), a_theta[idx]], 1)
         args = _gather_args(spec.args, idx)
         kwargs = dict(spec.backward_kwargs)
+        dt = kwargs.get("dt")
+        if isinstance(dt, Tensor) and dt.dim() == 1:  # per-sample fixed steps: this segment's
+            kwargs["dt"] = dt[idx]
         sol_b = spec.solve(aug_f, z, (t_from[idx], t_to[idx]), method=spec.opts["method"],
-                           rtol=rtol, atol=atol, max_steps=spec.opts["max_steps"], throw=True,
+                           rtol=rtol, atol=atol, max_steps=spec.opts["max_steps"], throw=False,
                            args=args, adjoint=False, **kwargs)
+        bad = (sol_b.status >= int(Status.MAX_STEPS)).nonzero().flatten().tolist()
+        if bad:
+            raise SolveError(_backward_failure(sol_b, idx, bad, t_from), sol_b)
         zf = sol_b.y.detach()
         stats["n_segments"] += 1
         for key in ("nfe", "n_steps"):
@@ -348,8 +398,12 @@ def _backsolve(spec: _Spec, grad_y, grad_ys):
         if t_eval.dim() == 1:
             t_eval = t_eval.expand(batch, -1)
         ys = sol.ys.detach()
+        # A sample that failed stopped before its later t_eval points (NaN outputs, zero
+        # gradients): its backward pass starts where it stopped, not beyond.
+        direction = torch.sign(_per_sample(spec.t_span[1], batch, like) - t_start)
         for k in reversed(range(t_eval.shape[1])):
             target = t_eval[:, k]
+            target = torch.where(direction * (target - sol.t.detach()) > 0, t_cur, target)
             y, a, a_theta = segment(t_cur, target, y, a, a_theta)
             # Restart y from the stored forward value: the backward re-integration of y drifts.
             y = torch.where(torch.isfinite(ys[:, k]), ys[:, k], y)
@@ -364,6 +418,22 @@ def _backsolve(spec: _Spec, grad_y, grad_ys):
         grad_params.append(total[offset: offset + p.numel()].reshape(p.shape))
         offset += p.numel()
     return a.to(spec.y0.dtype), grad_params
+
+
+def _backward_failure(sol_b, idx, bad, t_from) -> str:
+    """The message for a failed backward (adjoint) solve, in the batch's sample numbers."""
+    lines = [f"adjoint=True: the backward solve of the augmented system failed for "
+             f"{len(bad)} sample(s), after the forward solve:"]
+    for j in bad[:10]:
+        lines.append(f"  sample {int(idx[j])}: {Status(int(sol_b.status[j])).name} at "
+                     f"t={float(sol_b.t[j]):.6g} (integrating back from t={float(t_from[idx[j]]):.6g})")
+    if len(bad) > 10:
+        lines.append(f"  ... and {len(bad) - 10} more")
+    lines.append("The backsolve re-integrates y backwards, which can leave the region where f "
+                 "is defined or need more steps: tighten or loosen adjoint_options 'rtol'/'atol', "
+                 "raise adjoint_options 'max_steps', or use adjoint=False (backpropagation "
+                 "through the forward steps).")
+    return "\n".join(lines)
 
 
 def _eval_field(spec: _Spec, t: Tensor, y: Tensor) -> Tensor:
