@@ -62,23 +62,29 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
 
     - `func`: ``func(t, y)`` with ``t`` a 0-dim tensor and ``y`` shaped like `y0` (or a tuple).
     - `y0`: a tensor of any shape (the whole tensor is one system) or a tuple of tensors.
-    - `t`: 1-D tensor of output times, strictly increasing or strictly decreasing.
-    - `rtol`, `atol`: tolerances (torchdiffeq's defaults 1e-7 and 1e-9).
+    - `t`: 1-D tensor of output times, strictly increasing or strictly decreasing (one time
+      returns ``y0[None]``). Not differentiable: a `t` that requires grad raises.
+    - `rtol`, `atol`: tolerances (torchdiffeq's defaults 1e-7 and 1e-9): scalars, tensors
+      broadcastable to `y0`'s shape, or for a tuple `y0` a tuple with one per tensor.
     - `method`: a torchdiffeq method name (``"dopri5"`` default, ``"dopri8"``, ``"bosh3"``,
       ``"tsit5"``, ``"euler"``, ``"midpoint"``, ``"rk4"``, ``"heun2"``).
-    - `options`: dict with any of ``step_size``, ``first_step``, ``max_num_steps``,
-      ``min_step``, ``max_step``.
+    - `options`: dict with any of ``step_size`` (fixed-step methods), ``first_step``,
+      ``max_num_steps`` (default ``2**31 - 1`` as in torchdiffeq), ``min_step``, ``max_step``
+      (adaptive methods). As in torchdiffeq, an option the method does not use is ignored with
+      a warning (``step_size`` does not turn off an adaptive method's error control).
     - `event_fn`: optional ``event_fn(t, y) -> scalar tensor``; as in torchdiffeq, `t` must
       then be ``[t0, t1]`` (only its direction is used) and the solve runs until the event
-      function crosses zero. The event time is differentiable (implicit function theorem, also
-      with respect to parameters of `event_fn`). Not with :func:`odeint_adjoint`.
+      function crosses zero, over windows of doubling length starting with ``max(1, |t0|)``
+      (up to ``|t - t0| = max(1e6, 1e3 |t1 - t0|)``). The event time is differentiable
+      (implicit function theorem, also with respect to parameters of `event_fn`). Not with
+      :func:`odeint_adjoint`.
 
     **Returns:** tensor ``(len(t), *y0.shape)`` (tuple of those for a tuple `y0`); with
     `event_fn`, ``(event_t, solution)`` where ``solution`` holds the states at ``t0`` and at
     the event, ``(2, *y0.shape)``.
 
-    **Raises:** ``ValueError`` for a bad `t`, an unknown method or option; ``TypeError`` for a
-    non-tensor `y0`.
+    **Raises:** ``ValueError`` for a bad `t` (or one requiring grad), an unknown method or
+    option, tolerances that do not fit `y0`; ``TypeError`` for a non-tensor `y0`.
     """
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, adjoint_options=None)
 
@@ -149,21 +155,25 @@ def _flatten(y0):
 def _unflatten(z, shapes, shape, lead=()):
     """`z` (*lead, N) -> tensor (*lead, *shape), or a tuple of such for a tuple state."""
     if shapes is None:
-        return z.reshape(*lead, *shape)
+        return z.reshape((*lead, *shape))  # a tuple, so that a 0-dim shape works too
     out, offset = [], 0
     for s in shapes:
         n = math.prod(s)
-        out.append(z[..., offset: offset + n].reshape(*lead, *s))
+        out.append(z[..., offset: offset + n].reshape((*lead, *s)))
         offset += n
     return tuple(out)
 
 
-def _check_grid(t):
+def _check_grid(t, min_len):
     if not isinstance(t, Tensor):
         t = torch.as_tensor(t)
-    if t.dim() != 1 or t.numel() < 2:
-        raise ValueError(f"odeint: t must be a 1-D tensor with at least 2 times, got shape "
-                         f"{tuple(t.shape)}")
+    if t.dim() != 1 or t.numel() < min_len:
+        raise ValueError(f"odeint: t must be a 1-D tensor with at least {min_len} time(s), got "
+                         f"shape {tuple(t.shape)}")
+    if t.requires_grad and torch.is_grad_enabled():
+        raise ValueError("odeint: t requires grad, but the shim does not differentiate with "
+                         "respect to the times t (torchdiffeq does); detach t, or use "
+                         "torchdiffeq for dL/dt")
     if not torch.is_floating_point(t):
         t = t.to(torch.get_default_dtype())
     dt = t[1:] - t[:-1]
@@ -172,6 +182,61 @@ def _check_grid(t):
     if not bool(torch.isfinite(t).all()):
         raise ValueError("odeint: t contains non-finite values")
     return t
+
+
+def _flat_tol(tol, name, y0, shapes):
+    """A tolerance shaped like `y0` (or a tuple of per-tensor tolerances for a tuple `y0`, as
+    torchdiffeq accepts) -> a flat `(N,)` tensor matching the flattened state; scalars pass."""
+    if shapes is None:
+        if isinstance(tol, Tensor) and tol.dim() > 0:
+            try:
+                return torch.broadcast_to(tol, y0.shape).reshape(-1)
+            except RuntimeError:
+                raise ValueError(f"odeint: {name} of shape {tuple(tol.shape)} does not broadcast "
+                                 f"to y0's shape {tuple(y0.shape)}") from None
+        return tol
+    if isinstance(tol, (tuple, list)):
+        if len(tol) != len(shapes):
+            raise ValueError(f"odeint: a tuple {name} must have one entry per tensor of y0 "
+                             f"({len(shapes)}), got {len(tol)}")
+        parts = []
+        for i, (x, s) in enumerate(zip(tol, shapes)):
+            x = torch.as_tensor(x, dtype=y0[0].dtype, device=y0[0].device)
+            try:
+                parts.append(torch.broadcast_to(x, s).reshape(-1))
+            except RuntimeError:
+                raise ValueError(f"odeint: {name}[{i}] of shape {tuple(x.shape)} does not "
+                                 f"broadcast to y0[{i}]'s shape {tuple(s)}") from None
+        return torch.cat(parts)
+    if isinstance(tol, Tensor) and tol.dim() > 0:
+        raise ValueError(f"odeint: for a tuple y0, {name} must be a scalar or a tuple with one "
+                         f"tolerance per tensor, got a tensor of shape {tuple(tol.shape)}")
+    return tol
+
+
+# torchdiffeq's fixed-grid solvers take only step_size; its adaptive ones everything but it.
+_ADAPTIVE_ONLY = {"first_step", "max_num_steps", "min_step", "max_step"}
+# torchdiffeq's default max_num_steps (effectively unlimited).
+_TD_MAX_STEPS = 2**31 - 1
+
+
+def _shim_options(options, ours, method):
+    kwargs = {}
+    for key, value in dict(options or {}).items():
+        if key not in _OPTION_MAP:
+            raise ValueError(f"odeint: option {key!r} is not supported by the shim; supported: "
+                             f"{sorted(_OPTION_MAP)}")
+        fixed = ours in _FIXED
+        if (key == "step_size" and not fixed) or (key in _ADAPTIVE_ONLY and fixed):
+            # torchdiffeq warns and ignores options the method does not use; so do we (passing
+            # step_size on as dt= would silently turn off an adaptive method's error control).
+            kind = "adaptive" if not fixed else "fixed-step"
+            warnings.warn(f"odeint: option {key!r} is ignored by the {kind} method "
+                          f"{method or 'dopri5'!r} (as in torchdiffeq)", UserWarning, stacklevel=4)
+            continue
+        kwargs[_OPTION_MAP[key]] = value
+    kwargs.setdefault("max_steps", _TD_MAX_STEPS)
+    return kwargs
 
 
 def _odeint(func, y0, t, rtol, atol, method, options, event_fn, adjoint_options):
@@ -183,17 +248,22 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, adjoint_options)
             "through the solver differentiates the event time)"
         )
     ours = _our_method(method)
-    options = dict(options or {})
-    kwargs = {}
-    for key, value in options.items():
-        if key not in _OPTION_MAP:
-            raise ValueError(f"odeint: option {key!r} is not supported by the shim; supported: "
-                             f"{sorted(_OPTION_MAP)}")
-        kwargs[_OPTION_MAP[key]] = value
+    kwargs = _shim_options(options, ours, method)
+    if (adjoint_options is not None and adjoint_options.get("method") in _FIXED
+            and ours not in _FIXED and "dt" not in kwargs):
+        raise ValueError(
+            f"odeint_adjoint: adjoint_method {adjoint_options['method']!r} is fixed-step but the "
+            "shim has no step size for the backward solve (torchdiffeq steps it on the grid t); "
+            "use an adaptive adjoint_method"
+        )
     z0, shapes = _flatten(y0)
     shape = y0.shape if shapes is None else None
-    t = _check_grid(t).to(device=z0.device)
+    t = _check_grid(t, 2 if event_fn is not None else 1).to(device=z0.device)
     n = t.numel()
+    if n == 1:  # torchdiffeq returns y0 for a single output time without calling func
+        return y0[None] if shapes is None else tuple(y[None] for y in y0)
+    rtol = _flat_tol(rtol, "rtol", y0, shapes)
+    atol = _flat_tol(atol, "atol", y0, shapes)
 
     def f(tt, z):
         # One sample: tt is (1,), hand func the 0-dim time torchdiffeq code expects.
@@ -239,12 +309,31 @@ def _odeint_event(solve, f, z0, t, shapes, shape, event_fn, common, kwargs):
 
     t0 = float(t[0])
     direction = 1.0 if float(t[1]) > t0 else -1.0
-    # torchdiffeq integrates until the event whatever t[1] is: give the solve a far horizon and
-    # let max_steps bound the work.
-    horizon = t0 + direction * max(1e6, 1e3 * abs(float(t[1]) - t0))
-    sol = solve(f, z0, (t0, horizon), event=Event(g), **common, **kwargs)
-    if not bool(sol.stats["event_mask"][0]):
-        raise RuntimeError(f"odeint: the event function did not cross zero before t = {horizon:g}")
+    # torchdiffeq integrates until the event whatever t[1] is. One solve to a far horizon would
+    # set our solver's step floor (8 eps max(|t0|, |t1|)) far too high in float32, so integrate
+    # over windows of growing length instead: [t0, t0 + w], then doubled windows, restarting
+    # from the previous window's end state (differentiable, so gradients chain through the
+    # windows) until the event fires, up to |t - t0| = limit, with max_num_steps counted over
+    # all windows together.
+    limit = max(1e6, 1e3 * abs(float(t[1]) - t0))
+    width = max(1.0, abs(t0))
+    steps_left = kwargs.pop("max_steps")
+    a, z = t0, z0
+    while True:
+        b = a + direction * width
+        last = abs(b - t0) >= limit
+        if last:
+            b = t0 + direction * limit
+        sol = solve(f, z, (a, b), event=Event(g), max_steps=steps_left, **common, **kwargs)
+        if bool(sol.stats["event_mask"][0]):
+            break
+        if last:
+            raise RuntimeError(f"odeint: the event function did not cross zero before t = {b:g}")
+        steps_left -= int(sol.stats["n_steps"][0])
+        if steps_left < 1:
+            raise RuntimeError(f"odeint: max_num_steps reached at t = {b:g} before the event")
+        kwargs.pop("first_step", None)  # the user's first step applies to the first window only
+        a, z, width = b, sol.y, 2 * width
     ys = torch.stack([z0[0], sol.y[0]])
     return sol.t[0].to(t.dtype), _unflatten(ys, shapes, shape, lead=(2,))
 
