@@ -372,3 +372,116 @@ def test_single_output_time_returns_y0_like_torchdiffeq():
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     yt = (y0, torch.ones(3, dtype=torch.float64))
     assert [o.shape for o in compat.odeint(lambda t, s: s, yt, t)] == [(1, 2), (1, 3)]
+
+
+# ---------------------------------------------------------------------------------------------
+# review fixes of the torchdiffeq back end (solve_with_torchdiffeq)
+
+
+def _decay_problem():
+    k = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    f = lambda t, y: -k * y  # noqa: E731
+    return f, torch.ones(3, 1, dtype=torch.float64), k
+
+
+def _direct(field, y0, t1, **kw):
+    """torchdiffeq called directly on the batch (what the back end should reproduce)."""
+    n = {"nfe": 0}
+
+    def counted(t, y):
+        n["nfe"] += 1
+        return field(t, y)
+
+    y = torchdiffeq.odeint(counted, y0, torch.tensor([0.0, t1], dtype=torch.float64), **kw)[-1]
+    return y, n["nfe"]
+
+
+@pytest.mark.parametrize("ours_kw,td_opt", [({"dt_max": 0.01}, {"max_step": 0.01}),
+                                            ({"dt_min": 0.5}, {"min_step": 0.5})])
+def test_backend_dt_min_dt_max_map_to_torchdiffeq_options(ours_kw, td_opt):
+    f, y0, k = _decay_problem()
+    kw = dict(rtol=1e-10, atol=1e-12)
+    base = compat.solve_with_torchdiffeq(f, y0, (0.0, 2.0), method="TorchDiffEq:dopri5", **kw)
+    sol = compat.solve_with_torchdiffeq(f, y0, (0.0, 2.0), **ours_kw, **kw)
+    y_td, nfe_td = _direct(f, y0, 2.0, method="dopri5", options={"max_num_steps": 10_000,
+                                                                  **td_opt}, **kw)
+    torch.testing.assert_close(sol.y, y_td, rtol=1e-13, atol=0)
+    assert int(sol.stats["nfe"][0]) == nfe_td
+    # The option changes the solve (it used to be dropped silently): dt_max=0.01 forces >= 200
+    # steps, dt_min=0.5 four coarse steps with a visibly larger error.
+    assert int(sol.stats["nfe"][0]) != int(base.stats["nfe"][0])
+    if "dt_max" in ours_kw:
+        assert int(sol.stats["n_steps"][0]) >= 200
+    else:
+        err = float((sol.y - torch.exp(-2 * k)).abs().max())
+        assert err > 1e-6 > float((base.y - torch.exp(-2 * k)).abs().max())
+    assert sol.stats["nfe"].device == y0.device
+
+
+class _Wave(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(1.3, dtype=torch.float64))
+        self.c = nn.Parameter(torch.tensor(0.2, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return -self.w * torch.sin(3 * t)[:, None] * y + self.c
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    ({"rtol": 1e-1, "atol": 1e-1}, {"adjoint_rtol": 1e-1, "adjoint_atol": 1e-1}),
+    ({"norm": "seminorm", "rtol": 1e-3, "atol": 1e-3},
+     {"adjoint_rtol": 1e-3, "adjoint_atol": 1e-3, "adjoint_options": {"norm": "seminorm"}}),
+    ({"method": "bosh3", "rtol": 1e-4, "atol": 1e-4},
+     {"adjoint_method": "bosh3", "adjoint_rtol": 1e-4, "adjoint_atol": 1e-4}),
+    ({"adjoint_params": "w only"}, {"adjoint_params": "w only"}),
+])
+def test_backend_adjoint_options_map_to_torchdiffeq(ours, theirs):
+    m = _Wave()
+    y0 = torch.ones(3, 1, dtype=torch.float64)
+    kw = dict(rtol=1e-10, atol=1e-10)
+    params = [m.w] if "adjoint_params" in ours else [m.w, m.c]
+    ours = {k: (params if v == "w only" else v) for k, v in ours.items()}
+    theirs = {k: (tuple(params) if v == "w only" else v) for k, v in theirs.items()}
+    theirs.setdefault("adjoint_params", tuple(params))
+    if "adjoint_method" in theirs or "adjoint_options" in theirs:
+        theirs["adjoint_options"] = {"max_num_steps": 10_000, **theirs.get("adjoint_options", {})}
+
+    def grads(y):
+        return torch.autograd.grad(y.sum(), params, allow_unused=True)
+
+    g_base = grads(compat.solve_with_torchdiffeq(m, y0, (0.0, 5.0), adjoint=True, **kw).y)
+    g_ours = grads(compat.solve_with_torchdiffeq(m, y0, (0.0, 5.0), adjoint=True,
+                                                 adjoint_options=ours, **kw).y)
+    field = lambda t, y: m(t.expand(3), y)  # noqa: E731
+    y_td = torchdiffeq.odeint_adjoint(field, y0, torch.tensor([0.0, 5.0], dtype=torch.float64),
+                                      method="dopri5", options={"max_num_steps": 10_000},
+                                      **theirs, **kw)[-1]
+    g_td = grads(y_td)
+    for a, b in zip(g_ours, g_td):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    if "adjoint_params" not in ours:
+        # The option changes the gradient (it used to be dropped silently).
+        assert float((g_ours[0] - g_base[0]).abs()) > 1e-9
+    else:
+        assert len(g_ours) == 1
+        torch.testing.assert_close(g_ours[0], g_base[0], rtol=1e-12, atol=0)
+
+
+def test_backend_rejects_what_torchdiffeq_cannot_do():
+    f, y0, _ = _decay_problem()
+    with pytest.raises(ValueError, match="cannot force fixed steps"):
+        compat.solve_with_torchdiffeq(f, y0, (0.0, 1.0), method="dopri5", dt=0.1)
+    from solvers import ode
+    with pytest.raises(ValueError, match="cannot force fixed steps"):
+        ode.solve(f, y0, (0.0, 1.0), method="torchdiffeq:dopri5", dt=0.1)
+    m = _Wave()
+    with pytest.raises(ValueError, match=r"adjoint_options \['bogus'\]"):
+        compat.solve_with_torchdiffeq(m, y0, (0.0, 1.0), adjoint=True,
+                                      adjoint_options={"bogus": 1})
+    with pytest.raises(ValueError, match="fixed-step adjoint method 'rk4'"):
+        compat.solve_with_torchdiffeq(m, y0, (0.0, 1.0), adjoint=True,
+                                      adjoint_options={"method": "rk4"})
+    with pytest.raises(ValueError, match="norm"):
+        compat.solve_with_torchdiffeq(m, y0, (0.0, 1.0), adjoint=True,
+                                      adjoint_options={"norm": lambda x: x.abs().max()})

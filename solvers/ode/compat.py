@@ -18,7 +18,8 @@ Differences that remain (documented, not hidden): our ``rk4`` is the classical 1
 method while torchdiffeq's ``rk4`` is the 3/8 rule; for fixed-step methods with
 ``options={"step_size": h}`` torchdiffeq interpolates linearly between grid points while we
 evaluate our dense output; ``event_fn`` must return a single value (torchdiffeq also accepts a
-vector and stops at the first component to cross zero).
+vector and stops at the first component to cross zero); no gradient with respect to ``t``. The
+full list is in docs/ode_validation.md.
 
 References: Chen et al., torchdiffeq (https://github.com/rtqichen/torchdiffeq), API of
 ``torchdiffeq.odeint`` and ``odeint_adjoint``.
@@ -26,6 +27,7 @@ References: Chen et al., torchdiffeq (https://github.com/rtqichen/torchdiffeq), 
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -407,7 +409,8 @@ def _shared_scalar(x, name, batch):
 
 def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8,
                            t_eval=None, max_steps=10_000, dt=None, first_step=None, args=None,
-                           adjoint=False, throw=True, **unsupported):
+                           adjoint=False, throw=True, dt_min=0.0, dt_max=math.inf,
+                           adjoint_options=None, **unsupported):
     """Run ``torchdiffeq.odeint`` on a problem given in :func:`solvers.ode.solve` form.
 
     **Arguments:**
@@ -420,8 +423,15 @@ def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6,
       ``"euler"``, ``"midpoint"``, ``"rk4"``, ``"heun"``); a ``"torchdiffeq:"`` prefix is
       accepted. Note torchdiffeq's ``rk4`` is the 3/8 rule.
     - `rtol`, `atol`, `max_steps`, `dt` (fixed-step size), `first_step`, `args`: as in ``solve``.
+      `dt` with an adaptive method raises (torchdiffeq cannot force fixed steps on it).
+    - `dt_min`, `dt_max`: passed as torchdiffeq's ``min_step``/``max_step`` options (adaptive
+      methods; ignored with fixed steps, as in ``solve``).
     - `t_eval`: ``(n,)`` or ``(batch, n)`` with identical rows.
     - `adjoint`: use ``torchdiffeq.odeint_adjoint`` (parameters of `f` if it is a Module).
+    - `adjoint_options`: our keys mapped to torchdiffeq's: ``rtol``/``atol``/``method`` to
+      ``adjoint_rtol``/``adjoint_atol``/``adjoint_method``, ``adjoint_params``, ``norm``
+      (``"seminorm"``: ``adjoint_options={"norm": "seminorm"}``), ``max_steps`` to the backward
+      ``max_num_steps``. Used only with `adjoint`, as in ``solve``.
     - `throw`: torchdiffeq raises on failure regardless; with ``throw=False`` a failure is turned
       into status 2 for every sample with NaN states.
 
@@ -429,7 +439,8 @@ def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6,
     ``stats`` (``nfe``, ``n_steps``, ``n_accepted``, ``n_rejected``, the same for every sample).
 
     **Raises:** ``ValueError`` for per-sample horizons or evaluation times (torchdiffeq has one
-    time axis), unsupported options (events, dense output, controllers).
+    time axis), unsupported options (events, dense output), `dt` with an adaptive method, a
+    fixed-step adjoint method without `dt`, unknown `adjoint_options` keys.
     """
     import torchdiffeq
 
@@ -437,14 +448,14 @@ def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6,
     # problem (events, dense output, ...) is refused.
     bad = sorted(k for k, v in unsupported.items()
                  if v is not None and v is not False
-                 and k not in ("compact", "dt_min", "dt_max", "controller", "adjoint_options"))
+                 and k not in ("compact", "controller"))
     if bad:
         raise ValueError(f"solve_with_torchdiffeq: options {bad} have no torchdiffeq "
                          "equivalent")
     if not isinstance(y0, Tensor) or y0.dim() < 1:
         raise ValueError("solve_with_torchdiffeq: y0 must be a (batch, *state) tensor")
-    name = method.split(":", 1)[1] if isinstance(method, str) and method.startswith("torchdiffeq:") \
-        else method
+    name = method.split(":", 1)[1] if isinstance(method, str) \
+        and method.lower().startswith("torchdiffeq:") else method
     if name not in _TO_TORCHDIFFEQ:
         raise ValueError(f"solve_with_torchdiffeq: unknown method {method!r}; choose one of "
                          f"{sorted(_TO_TORCHDIFFEQ)}")
@@ -483,18 +494,32 @@ def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6,
             raise ValueError(f"solve_with_torchdiffeq: fixed-step method {name!r} needs dt=")
         opts["step_size"] = float(dt)
     else:
+        if dt is not None:
+            raise ValueError(f"solve_with_torchdiffeq: dt= with the adaptive method {name!r} forces "
+                             "fixed steps in solvers.ode.solve, but torchdiffeq cannot force fixed "
+                             "steps on an adaptive method; use a fixed-step method or drop dt")
         opts["max_num_steps"] = int(max_steps)
         if first_step is not None:
             opts["first_step"] = float(first_step)
+        accepted = inspect.signature(SOLVERS[td_name].__init__).parameters
+        for ours_key, td_key, value, default in (("dt_min", "min_step", dt_min, 0.0),
+                                                 ("dt_max", "max_step", dt_max, math.inf)):
+            if value is not None and float(value) != default:
+                if td_key not in accepted:
+                    raise ValueError(f"solve_with_torchdiffeq: {ours_key} needs torchdiffeq's "
+                                     f"{td_key!r} option, which this torchdiffeq's {td_name!r} "
+                                     "lacks")
+                opts[td_key] = float(value)
+    adj_kw = {}
+    if adjoint:
+        adj_kw = _torchdiffeq_adjoint_kwargs(adjoint_options, f, name, opts)
     try:
         with warnings.catch_warnings():
             # Fixed-grid solvers warn that they ignore the accept/reject callbacks: expected.
             warnings.filterwarnings("ignore", message=".*does not support callbacks.*")
             if adjoint:
-                params = tuple(f.parameters()) if isinstance(f, nn.Module) else ()
                 ys_all = torchdiffeq.odeint_adjoint(field_, y0, t_grid, rtol=rtol, atol=atol,
-                                                    method=td_name, options=opts,
-                                                    adjoint_params=params)
+                                                    method=td_name, options=opts, **adj_kw)
             else:
                 ys_all = torchdiffeq.odeint(field_, y0, t_grid, rtol=rtol, atol=atol,
                                             method=td_name, options=opts)
@@ -511,9 +536,56 @@ def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6,
         sel = [index[x] for x in te_list]
         ys = ys_all[sel].transpose(0, 1)
         ts = te.to(y0.dtype).expand(batch, n_eval)
-    full = lambda v: torch.full((batch,), v, dtype=torch.long)  # noqa: E731
+    full = lambda v: torch.full((batch,), v, dtype=torch.long, device=y0.device)  # noqa: E731
     n_acc = field_.n_accepted if name not in _FIXED else field_.n_steps
     stats = {"nfe": full(field_.nfe), "n_accepted": full(n_acc),
              "n_rejected": full(field_.n_rejected), "n_steps": full(field_.n_steps)}
     return TorchdiffeqSolution(t=torch.full((batch,), t1, dtype=y0.dtype, device=y0.device), y=y,
                                ts=ts, ys=ys, status=status, stats=stats)
+
+
+def _torchdiffeq_adjoint_kwargs(adjoint_options, f, name, opts):
+    """Our ``adjoint_options`` (solvers.ode.adjoint keys) -> torchdiffeq ``odeint_adjoint``
+    keyword arguments; raises for what torchdiffeq cannot do."""
+    options = dict(adjoint_options or {})
+    known = {"rtol", "atol", "method", "adjoint_params", "norm", "max_steps"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"solve_with_torchdiffeq: adjoint_options {unknown} have no torchdiffeq "
+                         f"equivalent; supported: {sorted(known)}")
+    params = options.get("adjoint_params")
+    if params is None:
+        params = tuple(f.parameters()) if isinstance(f, nn.Module) else ()
+    kw = {"adjoint_params": tuple(params)}
+    if not set(options) - {"adjoint_params"}:
+        return kw  # torchdiffeq's defaults: the forward settings
+    if options.get("rtol") is not None:
+        kw["adjoint_rtol"] = options["rtol"]
+    if options.get("atol") is not None:
+        kw["adjoint_atol"] = options["atol"]
+    back = options.get("method") or name
+    if isinstance(back, str) and back.lower().startswith("torchdiffeq:"):
+        back = back.split(":", 1)[1]
+    if back not in _TO_TORCHDIFFEQ:
+        raise ValueError(f"solve_with_torchdiffeq: unknown adjoint_options['method'] {back!r}; "
+                         f"choose one of {sorted(_TO_TORCHDIFFEQ)}")
+    kw["adjoint_method"] = _TO_TORCHDIFFEQ[back]
+    # torchdiffeq reuses the forward options for the backward solve only when adjoint_options
+    # is not given; give it the ones that fit the backward method.
+    if back in _FIXED:
+        if "step_size" not in opts:
+            raise ValueError(f"solve_with_torchdiffeq: fixed-step adjoint method {back!r} needs "
+                             "a fixed-step forward method with dt= (its step size)")
+        adj = {"step_size": opts["step_size"]}
+    else:
+        adj = {k: v for k, v in opts.items() if k != "step_size"}
+        if options.get("max_steps") is not None:
+            adj["max_num_steps"] = int(options["max_steps"])
+    norm = options.get("norm")
+    if norm not in (None, "full", "seminorm"):
+        raise ValueError("solve_with_torchdiffeq: adjoint_options['norm'] must be 'seminorm', "
+                         f"'full' or None, got {norm!r}")
+    if norm == "seminorm":
+        adj["norm"] = "seminorm"
+    kw["adjoint_options"] = adj
+    return kw
