@@ -18,7 +18,8 @@ Differences that remain (documented, not hidden): our ``rk4`` is the classical 1
 method while torchdiffeq's ``rk4`` is the 3/8 rule; for fixed-step methods with
 ``options={"step_size": h}`` torchdiffeq interpolates linearly between grid points while we
 evaluate our dense output; ``event_fn`` must return a single value (torchdiffeq also accepts a
-vector and stops at the first component to cross zero).
+vector and stops at the first component to cross zero); no gradient with respect to ``t``. The
+full list is in docs/ode_validation.md.
 
 References: Chen et al., torchdiffeq (https://github.com/rtqichen/torchdiffeq), API of
 ``torchdiffeq.odeint`` and ``odeint_adjoint``.
@@ -26,6 +27,7 @@ References: Chen et al., torchdiffeq (https://github.com/rtqichen/torchdiffeq), 
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -62,23 +64,29 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
 
     - `func`: ``func(t, y)`` with ``t`` a 0-dim tensor and ``y`` shaped like `y0` (or a tuple).
     - `y0`: a tensor of any shape (the whole tensor is one system) or a tuple of tensors.
-    - `t`: 1-D tensor of output times, strictly increasing or strictly decreasing.
-    - `rtol`, `atol`: tolerances (torchdiffeq's defaults 1e-7 and 1e-9).
+    - `t`: 1-D tensor of output times, strictly increasing or strictly decreasing (one time
+      returns ``y0[None]``). Not differentiable: a `t` that requires grad raises.
+    - `rtol`, `atol`: tolerances (torchdiffeq's defaults 1e-7 and 1e-9): scalars, tensors
+      broadcastable to `y0`'s shape, or for a tuple `y0` a tuple with one per tensor.
     - `method`: a torchdiffeq method name (``"dopri5"`` default, ``"dopri8"``, ``"bosh3"``,
       ``"tsit5"``, ``"euler"``, ``"midpoint"``, ``"rk4"``, ``"heun2"``).
-    - `options`: dict with any of ``step_size``, ``first_step``, ``max_num_steps``,
-      ``min_step``, ``max_step``.
+    - `options`: dict with any of ``step_size`` (fixed-step methods), ``first_step``,
+      ``max_num_steps`` (default ``2**31 - 1`` as in torchdiffeq), ``min_step``, ``max_step``
+      (adaptive methods). As in torchdiffeq, an option the method does not use is ignored with
+      a warning (``step_size`` does not turn off an adaptive method's error control).
     - `event_fn`: optional ``event_fn(t, y) -> scalar tensor``; as in torchdiffeq, `t` must
       then be ``[t0, t1]`` (only its direction is used) and the solve runs until the event
-      function crosses zero. The event time is differentiable (implicit function theorem, also
-      with respect to parameters of `event_fn`). Not with :func:`odeint_adjoint`.
+      function crosses zero, over windows of doubling length starting with ``max(1, |t0|)``
+      (up to ``|t - t0| = max(1e6, 1e3 |t1 - t0|)``). The event time is differentiable
+      (implicit function theorem, also with respect to parameters of `event_fn`). Not with
+      :func:`odeint_adjoint`.
 
     **Returns:** tensor ``(len(t), *y0.shape)`` (tuple of those for a tuple `y0`); with
     `event_fn`, ``(event_t, solution)`` where ``solution`` holds the states at ``t0`` and at
     the event, ``(2, *y0.shape)``.
 
-    **Raises:** ``ValueError`` for a bad `t`, an unknown method or option; ``TypeError`` for a
-    non-tensor `y0`.
+    **Raises:** ``ValueError`` for a bad `t` (or one requiring grad), an unknown method or
+    option, tolerances that do not fit `y0`; ``TypeError`` for a non-tensor `y0`.
     """
     return _odeint(func, y0, t, rtol, atol, method, options, event_fn, adjoint_options=None)
 
@@ -149,21 +157,25 @@ def _flatten(y0):
 def _unflatten(z, shapes, shape, lead=()):
     """`z` (*lead, N) -> tensor (*lead, *shape), or a tuple of such for a tuple state."""
     if shapes is None:
-        return z.reshape(*lead, *shape)
+        return z.reshape((*lead, *shape))  # a tuple, so that a 0-dim shape works too
     out, offset = [], 0
     for s in shapes:
         n = math.prod(s)
-        out.append(z[..., offset: offset + n].reshape(*lead, *s))
+        out.append(z[..., offset: offset + n].reshape((*lead, *s)))
         offset += n
     return tuple(out)
 
 
-def _check_grid(t):
+def _check_grid(t, min_len):
     if not isinstance(t, Tensor):
         t = torch.as_tensor(t)
-    if t.dim() != 1 or t.numel() < 2:
-        raise ValueError(f"odeint: t must be a 1-D tensor with at least 2 times, got shape "
-                         f"{tuple(t.shape)}")
+    if t.dim() != 1 or t.numel() < min_len:
+        raise ValueError(f"odeint: t must be a 1-D tensor with at least {min_len} time(s), got "
+                         f"shape {tuple(t.shape)}")
+    if t.requires_grad and torch.is_grad_enabled():
+        raise ValueError("odeint: t requires grad, but the shim does not differentiate with "
+                         "respect to the times t (torchdiffeq does); detach t, or use "
+                         "torchdiffeq for dL/dt")
     if not torch.is_floating_point(t):
         t = t.to(torch.get_default_dtype())
     dt = t[1:] - t[:-1]
@@ -172,6 +184,61 @@ def _check_grid(t):
     if not bool(torch.isfinite(t).all()):
         raise ValueError("odeint: t contains non-finite values")
     return t
+
+
+def _flat_tol(tol, name, y0, shapes):
+    """A tolerance shaped like `y0` (or a tuple of per-tensor tolerances for a tuple `y0`, as
+    torchdiffeq accepts) -> a flat `(N,)` tensor matching the flattened state; scalars pass."""
+    if shapes is None:
+        if isinstance(tol, Tensor) and tol.dim() > 0:
+            try:
+                return torch.broadcast_to(tol, y0.shape).reshape(-1)
+            except RuntimeError:
+                raise ValueError(f"odeint: {name} of shape {tuple(tol.shape)} does not broadcast "
+                                 f"to y0's shape {tuple(y0.shape)}") from None
+        return tol
+    if isinstance(tol, (tuple, list)):
+        if len(tol) != len(shapes):
+            raise ValueError(f"odeint: a tuple {name} must have one entry per tensor of y0 "
+                             f"({len(shapes)}), got {len(tol)}")
+        parts = []
+        for i, (x, s) in enumerate(zip(tol, shapes)):
+            x = torch.as_tensor(x, dtype=y0[0].dtype, device=y0[0].device)
+            try:
+                parts.append(torch.broadcast_to(x, s).reshape(-1))
+            except RuntimeError:
+                raise ValueError(f"odeint: {name}[{i}] of shape {tuple(x.shape)} does not "
+                                 f"broadcast to y0[{i}]'s shape {tuple(s)}") from None
+        return torch.cat(parts)
+    if isinstance(tol, Tensor) and tol.dim() > 0:
+        raise ValueError(f"odeint: for a tuple y0, {name} must be a scalar or a tuple with one "
+                         f"tolerance per tensor, got a tensor of shape {tuple(tol.shape)}")
+    return tol
+
+
+# torchdiffeq's fixed-grid solvers take only step_size; its adaptive ones everything but it.
+_ADAPTIVE_ONLY = {"first_step", "max_num_steps", "min_step", "max_step"}
+# torchdiffeq's default max_num_steps (effectively unlimited).
+_TD_MAX_STEPS = 2**31 - 1
+
+
+def _shim_options(options, ours, method):
+    kwargs = {}
+    for key, value in dict(options or {}).items():
+        if key not in _OPTION_MAP:
+            raise ValueError(f"odeint: option {key!r} is not supported by the shim; supported: "
+                             f"{sorted(_OPTION_MAP)}")
+        fixed = ours in _FIXED
+        if (key == "step_size" and not fixed) or (key in _ADAPTIVE_ONLY and fixed):
+            # torchdiffeq warns and ignores options the method does not use; so do we (passing
+            # step_size on as dt= would silently turn off an adaptive method's error control).
+            kind = "adaptive" if not fixed else "fixed-step"
+            warnings.warn(f"odeint: option {key!r} is ignored by the {kind} method "
+                          f"{method or 'dopri5'!r} (as in torchdiffeq)", UserWarning, stacklevel=4)
+            continue
+        kwargs[_OPTION_MAP[key]] = value
+    kwargs.setdefault("max_steps", _TD_MAX_STEPS)
+    return kwargs
 
 
 def _odeint(func, y0, t, rtol, atol, method, options, event_fn, adjoint_options):
@@ -183,17 +250,22 @@ def _odeint(func, y0, t, rtol, atol, method, options, event_fn, adjoint_options)
             "through the solver differentiates the event time)"
         )
     ours = _our_method(method)
-    options = dict(options or {})
-    kwargs = {}
-    for key, value in options.items():
-        if key not in _OPTION_MAP:
-            raise ValueError(f"odeint: option {key!r} is not supported by the shim; supported: "
-                             f"{sorted(_OPTION_MAP)}")
-        kwargs[_OPTION_MAP[key]] = value
+    kwargs = _shim_options(options, ours, method)
+    if (adjoint_options is not None and adjoint_options.get("method") in _FIXED
+            and ours not in _FIXED and "dt" not in kwargs):
+        raise ValueError(
+            f"odeint_adjoint: adjoint_method {adjoint_options['method']!r} is fixed-step but the "
+            "shim has no step size for the backward solve (torchdiffeq steps it on the grid t); "
+            "use an adaptive adjoint_method"
+        )
     z0, shapes = _flatten(y0)
     shape = y0.shape if shapes is None else None
-    t = _check_grid(t).to(device=z0.device)
+    t = _check_grid(t, 2 if event_fn is not None else 1).to(device=z0.device)
     n = t.numel()
+    if n == 1:  # torchdiffeq returns y0 for a single output time without calling func
+        return y0[None] if shapes is None else tuple(y[None] for y in y0)
+    rtol = _flat_tol(rtol, "rtol", y0, shapes)
+    atol = _flat_tol(atol, "atol", y0, shapes)
 
     def f(tt, z):
         # One sample: tt is (1,), hand func the 0-dim time torchdiffeq code expects.
@@ -239,12 +311,31 @@ def _odeint_event(solve, f, z0, t, shapes, shape, event_fn, common, kwargs):
 
     t0 = float(t[0])
     direction = 1.0 if float(t[1]) > t0 else -1.0
-    # torchdiffeq integrates until the event whatever t[1] is: give the solve a far horizon and
-    # let max_steps bound the work.
-    horizon = t0 + direction * max(1e6, 1e3 * abs(float(t[1]) - t0))
-    sol = solve(f, z0, (t0, horizon), event=Event(g), **common, **kwargs)
-    if not bool(sol.stats["event_mask"][0]):
-        raise RuntimeError(f"odeint: the event function did not cross zero before t = {horizon:g}")
+    # torchdiffeq integrates until the event whatever t[1] is. One solve to a far horizon would
+    # set our solver's step floor (8 eps max(|t0|, |t1|)) far too high in float32, so integrate
+    # over windows of growing length instead: [t0, t0 + w], then doubled windows, restarting
+    # from the previous window's end state (differentiable, so gradients chain through the
+    # windows) until the event fires, up to |t - t0| = limit, with max_num_steps counted over
+    # all windows together.
+    limit = max(1e6, 1e3 * abs(float(t[1]) - t0))
+    width = max(1.0, abs(t0))
+    steps_left = kwargs.pop("max_steps")
+    a, z = t0, z0
+    while True:
+        b = a + direction * width
+        last = abs(b - t0) >= limit
+        if last:
+            b = t0 + direction * limit
+        sol = solve(f, z, (a, b), event=Event(g), max_steps=steps_left, **common, **kwargs)
+        if bool(sol.stats["event_mask"][0]):
+            break
+        if last:
+            raise RuntimeError(f"odeint: the event function did not cross zero before t = {b:g}")
+        steps_left -= int(sol.stats["n_steps"][0])
+        if steps_left < 1:
+            raise RuntimeError(f"odeint: max_num_steps reached at t = {b:g} before the event")
+        kwargs.pop("first_step", None)  # the user's first step applies to the first window only
+        a, z, width = b, sol.y, 2 * width
     ys = torch.stack([z0[0], sol.y[0]])
     return sol.t[0].to(t.dtype), _unflatten(ys, shapes, shape, lead=(2,))
 
@@ -318,7 +409,8 @@ def _shared_scalar(x, name, batch):
 
 def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8,
                            t_eval=None, max_steps=10_000, dt=None, first_step=None, args=None,
-                           adjoint=False, throw=True, **unsupported):
+                           adjoint=False, throw=True, dt_min=0.0, dt_max=math.inf,
+                           adjoint_options=None, **unsupported):
     """Run ``torchdiffeq.odeint`` on a problem given in :func:`solvers.ode.solve` form.
 
     **Arguments:**
@@ -331,8 +423,15 @@ def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6,
       ``"euler"``, ``"midpoint"``, ``"rk4"``, ``"heun"``); a ``"torchdiffeq:"`` prefix is
       accepted. Note torchdiffeq's ``rk4`` is the 3/8 rule.
     - `rtol`, `atol`, `max_steps`, `dt` (fixed-step size), `first_step`, `args`: as in ``solve``.
+      `dt` with an adaptive method raises (torchdiffeq cannot force fixed steps on it).
+    - `dt_min`, `dt_max`: passed as torchdiffeq's ``min_step``/``max_step`` options (adaptive
+      methods; ignored with fixed steps, as in ``solve``).
     - `t_eval`: ``(n,)`` or ``(batch, n)`` with identical rows.
     - `adjoint`: use ``torchdiffeq.odeint_adjoint`` (parameters of `f` if it is a Module).
+    - `adjoint_options`: our keys mapped to torchdiffeq's: ``rtol``/``atol``/``method`` to
+      ``adjoint_rtol``/``adjoint_atol``/``adjoint_method``, ``adjoint_params``, ``norm``
+      (``"seminorm"``: ``adjoint_options={"norm": "seminorm"}``), ``max_steps`` to the backward
+      ``max_num_steps``. Used only with `adjoint`, as in ``solve``.
     - `throw`: torchdiffeq raises on failure regardless; with ``throw=False`` a failure is turned
       into status 2 for every sample with NaN states.
 
@@ -340,7 +439,8 @@ def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6,
     ``stats`` (``nfe``, ``n_steps``, ``n_accepted``, ``n_rejected``, the same for every sample).
 
     **Raises:** ``ValueError`` for per-sample horizons or evaluation times (torchdiffeq has one
-    time axis), unsupported options (events, dense output, controllers).
+    time axis), unsupported options (events, dense output), `dt` with an adaptive method, a
+    fixed-step adjoint method without `dt`, unknown `adjoint_options` keys.
     """
     import torchdiffeq
 
@@ -348,14 +448,14 @@ def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6,
     # problem (events, dense output, ...) is refused.
     bad = sorted(k for k, v in unsupported.items()
                  if v is not None and v is not False
-                 and k not in ("compact", "dt_min", "dt_max", "controller", "adjoint_options"))
+                 and k not in ("compact", "controller"))
     if bad:
         raise ValueError(f"solve_with_torchdiffeq: options {bad} have no torchdiffeq "
                          "equivalent")
     if not isinstance(y0, Tensor) or y0.dim() < 1:
         raise ValueError("solve_with_torchdiffeq: y0 must be a (batch, *state) tensor")
-    name = method.split(":", 1)[1] if isinstance(method, str) and method.startswith("torchdiffeq:") \
-        else method
+    name = method.split(":", 1)[1] if isinstance(method, str) \
+        and method.lower().startswith("torchdiffeq:") else method
     if name not in _TO_TORCHDIFFEQ:
         raise ValueError(f"solve_with_torchdiffeq: unknown method {method!r}; choose one of "
                          f"{sorted(_TO_TORCHDIFFEQ)}")
@@ -394,18 +494,32 @@ def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6,
             raise ValueError(f"solve_with_torchdiffeq: fixed-step method {name!r} needs dt=")
         opts["step_size"] = float(dt)
     else:
+        if dt is not None:
+            raise ValueError(f"solve_with_torchdiffeq: dt= with the adaptive method {name!r} forces "
+                             "fixed steps in solvers.ode.solve, but torchdiffeq cannot force fixed "
+                             "steps on an adaptive method; use a fixed-step method or drop dt")
         opts["max_num_steps"] = int(max_steps)
         if first_step is not None:
             opts["first_step"] = float(first_step)
+        accepted = inspect.signature(SOLVERS[td_name].__init__).parameters
+        for ours_key, td_key, value, default in (("dt_min", "min_step", dt_min, 0.0),
+                                                 ("dt_max", "max_step", dt_max, math.inf)):
+            if value is not None and float(value) != default:
+                if td_key not in accepted:
+                    raise ValueError(f"solve_with_torchdiffeq: {ours_key} needs torchdiffeq's "
+                                     f"{td_key!r} option, which this torchdiffeq's {td_name!r} "
+                                     "lacks")
+                opts[td_key] = float(value)
+    adj_kw = {}
+    if adjoint:
+        adj_kw = _torchdiffeq_adjoint_kwargs(adjoint_options, f, name, opts)
     try:
         with warnings.catch_warnings():
             # Fixed-grid solvers warn that they ignore the accept/reject callbacks: expected.
             warnings.filterwarnings("ignore", message=".*does not support callbacks.*")
             if adjoint:
-                params = tuple(f.parameters()) if isinstance(f, nn.Module) else ()
                 ys_all = torchdiffeq.odeint_adjoint(field_, y0, t_grid, rtol=rtol, atol=atol,
-                                                    method=td_name, options=opts,
-                                                    adjoint_params=params)
+                                                    method=td_name, options=opts, **adj_kw)
             else:
                 ys_all = torchdiffeq.odeint(field_, y0, t_grid, rtol=rtol, atol=atol,
                                             method=td_name, options=opts)
@@ -422,9 +536,56 @@ def solve_with_torchdiffeq(f, y0: Tensor, t_span, *, method="dopri5", rtol=1e-6,
         sel = [index[x] for x in te_list]
         ys = ys_all[sel].transpose(0, 1)
         ts = te.to(y0.dtype).expand(batch, n_eval)
-    full = lambda v: torch.full((batch,), v, dtype=torch.long)  # noqa: E731
+    full = lambda v: torch.full((batch,), v, dtype=torch.long, device=y0.device)  # noqa: E731
     n_acc = field_.n_accepted if name not in _FIXED else field_.n_steps
     stats = {"nfe": full(field_.nfe), "n_accepted": full(n_acc),
              "n_rejected": full(field_.n_rejected), "n_steps": full(field_.n_steps)}
     return TorchdiffeqSolution(t=torch.full((batch,), t1, dtype=y0.dtype, device=y0.device), y=y,
                                ts=ts, ys=ys, status=status, stats=stats)
+
+
+def _torchdiffeq_adjoint_kwargs(adjoint_options, f, name, opts):
+    """Our ``adjoint_options`` (solvers.ode.adjoint keys) -> torchdiffeq ``odeint_adjoint``
+    keyword arguments; raises for what torchdiffeq cannot do."""
+    options = dict(adjoint_options or {})
+    known = {"rtol", "atol", "method", "adjoint_params", "norm", "max_steps"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"solve_with_torchdiffeq: adjoint_options {unknown} have no torchdiffeq "
+                         f"equivalent; supported: {sorted(known)}")
+    params = options.get("adjoint_params")
+    if params is None:
+        params = tuple(f.parameters()) if isinstance(f, nn.Module) else ()
+    kw = {"adjoint_params": tuple(params)}
+    if not set(options) - {"adjoint_params"}:
+        return kw  # torchdiffeq's defaults: the forward settings
+    if options.get("rtol") is not None:
+        kw["adjoint_rtol"] = options["rtol"]
+    if options.get("atol") is not None:
+        kw["adjoint_atol"] = options["atol"]
+    back = options.get("method") or name
+    if isinstance(back, str) and back.lower().startswith("torchdiffeq:"):
+        back = back.split(":", 1)[1]
+    if back not in _TO_TORCHDIFFEQ:
+        raise ValueError(f"solve_with_torchdiffeq: unknown adjoint_options['method'] {back!r}; "
+                         f"choose one of {sorted(_TO_TORCHDIFFEQ)}")
+    kw["adjoint_method"] = _TO_TORCHDIFFEQ[back]
+    # torchdiffeq reuses the forward options for the backward solve only when adjoint_options
+    # is not given; give it the ones that fit the backward method.
+    if back in _FIXED:
+        if "step_size" not in opts:
+            raise ValueError(f"solve_with_torchdiffeq: fixed-step adjoint method {back!r} needs "
+                             "a fixed-step forward method with dt= (its step size)")
+        adj = {"step_size": opts["step_size"]}
+    else:
+        adj = {k: v for k, v in opts.items() if k != "step_size"}
+        if options.get("max_steps") is not None:
+            adj["max_num_steps"] = int(options["max_steps"])
+    norm = options.get("norm")
+    if norm not in (None, "full", "seminorm"):
+        raise ValueError("solve_with_torchdiffeq: adjoint_options['norm'] must be 'seminorm', "
+                         f"'full' or None, got {norm!r}")
+    if norm == "seminorm":
+        adj["norm"] = "seminorm"
+    kw["adjoint_options"] = adj
+    return kw
