@@ -699,8 +699,8 @@ def _integrate(p, dense_output, compact):
         gathered = True
     n_active = idx.numel()
     if p.t_eval is not None and n_active:
-        # Output points at t0 are y0, written now: also for a sample that fails before its
-        # first accepted step (the steps write the points they cover, t0 excluded from none).
+        # Output points at t0 are y0, written now, so that a sample that fails before its
+        # first accepted step has them too; the accepted steps write the later points.
         while True:
             tn = te.gather(1, ptr.clamp(max=n_eval - 1)[:, None]).squeeze(1)
             at0 = (ptr < n_eval) & (tn == t)
