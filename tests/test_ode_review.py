@@ -514,3 +514,38 @@ def test_a_failed_sample_leaves_the_gradients_of_the_others_alone(method, kw, fr
     assert (gy[2] == 0).all()
     exact = -2.0 * (good * torch.exp(-2.0 * field.k.detach())).sum(0)
     torch.testing.assert_close(gk, exact, rtol=1e-4, atol=0)
+
+
+# ------------------------------------------------------------- dt_min as a bound, atol = 0
+
+
+@pytest.mark.parametrize("span, dt_min", [((2.0, 0.0), 0.02), ((0.0, 2.0), 0.015)])
+def test_dt_min_bounds_the_steps_without_trapping_the_end_of_the_span(span, dt_min):
+    # y' = -50 (y - cos t): dopri5's steps settle near 0.028 backwards (where the solution
+    # grows like e^(50 |t|)) and 0.06 forwards. dt_min used to be also the slack of the "take
+    # the remainder now" test: backwards, the stretched last step was rejected and retried with
+    # the same remainder until MAX_STEPS. Now the solve ends at t1 with scipy's value, and no
+    # step but the last is below dt_min.
+    f = lambda t, y: -50 * (y - torch.cos(t)[:, None])  # noqa: E731
+    y0 = torch.zeros(1, 1, dtype=D)
+    sol = ode.solve(f, y0, span, rtol=1e-3, atol=1e-6, dt_min=dt_min, first_step=0.02,
+                    dense_output=True, max_steps=3000)
+    ref = solve_ivp(lambda t, y: -50 * (y - math.cos(t)), span, [0.0], method="DOP853",
+                    rtol=1e-12, atol=1e-12)
+    assert sol.t.item() == span[1]
+    assert sol.y.item() == pytest.approx(ref.y[0, -1], rel=2e-2, abs=1e-3)
+    steps = sol._dense.h.abs()
+    assert (steps[:-1] >= dt_min).all()
+    assert steps.numel() == sol.stats["n_accepted"].item()
+
+
+@pytest.mark.parametrize("atol", [0.0, "tensor"])
+def test_zero_atol_with_a_component_that_stays_zero(atol):
+    # atol = 0 is allowed (only rtol = atol = 0 is refused); a component that stays exactly 0
+    # gave 0/0 in the error norm and ended the sample at t0 as NONFINITE.
+    g = lambda t, y: torch.stack([torch.zeros_like(y[:, 0]), -y[:, 1]], 1)  # noqa: E731
+    tol = torch.zeros(2, dtype=D) if atol == "tensor" else atol
+    sol = ode.solve(g, torch.tensor([[0.0, 1.0]], dtype=D), (0.0, 1.0), rtol=1e-6, atol=tol)
+    assert sol.status.item() == int(ode.Status.SUCCESS)
+    assert sol.y[0, 0].item() == 0.0
+    assert sol.y[0, 1].item() == pytest.approx(math.exp(-1.0), rel=1e-5)

@@ -55,7 +55,8 @@ def solve(f, y0, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8, t_eval=None, 
       one time axis for the batch, no events or dense output) for side-by-side comparisons.
     - `rtol`, `atol`: relative/absolute tolerances, scalars or tensors broadcastable to one
       sample's state (per component). ``rtol`` below ``4 * eps`` of the dtype is raised to
-      that with a warning (scipy does the same below ``100 * eps`` of float64).
+      that with a warning (scipy does the same below ``100 * eps`` of float64); ``atol`` below
+      the dtype's smallest subnormal (0 included) is raised to it silently.
     - `t_eval`: ``(n,)`` or ``(batch, n)`` output times, monotone in each sample's direction
       of integration and inside its span.
     - `event`: an :class:`~solvers.ode.Event` (or a bare callable, meaning
@@ -70,7 +71,8 @@ def solve(f, y0, t_span, *, method="dopri5", rtol=1e-6, atol=1e-8, t_eval=None, 
       with an adaptive method, it forces fixed steps (the error estimate is not used).
     - `first_step`: initial step of adaptive methods (float or ``(batch,)``); default
       Hairer's heuristic per sample (one extra `f` evaluation).
-    - `dt_min`, `dt_max`: bounds on the magnitude of adaptive steps (not used with `dt`).
+    - `dt_min`, `dt_max`: bounds on the magnitude of adaptive steps (not used with `dt`); a
+      rejected step that would have to shrink below `dt_min` ends the sample (``DT_UNDERFLOW``).
     - `controller`: ``"i"`` (default), ``"pi"``, or an ``IController`` / ``PIController``.
     - `compact`: drop finished samples from the active set (default). ``False`` keeps the
       full batch in every `f` call and freezes finished samples by masking.
@@ -425,11 +427,14 @@ def _integrate(p, dense_output, compact):
 
     rtol_n = rtol * sqrt_d
     atol_n = atol * sqrt_d
-    # A positive atol below the dtype's smallest subnormal would round to 0 in the scale
-    # (float16: the default 1e-8), and a zero component with zero error would give 0/0.
+    # An atol below the dtype's smallest subnormal (0 included, or the default 1e-8 in float16)
+    # would be 0 in the scale, and a component that stays 0 with zero error would give 0/0
+    # (a NaN error, read as non-finite f): it is raised to that subnormal.
     tiniest = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
-    if isinstance(atol_n, float) and 0 < atol_n < tiniest:
-        atol_n = tiniest
+    if isinstance(atol_n, float):
+        atol_n = max(atol_n, tiniest)
+    else:
+        atol_n = atol_n.clamp(min=tiniest)
     # The elementary controller's factor safety * r^(-1/(q+1)) equals r'^(-1/(q+1)) for
     # r' = r / safety^(q+1): dividing the error by a scale multiplied by safety^(q+1) gives
     # r' directly and saves one op per step (accept r <= 1: r' <= 1 / safety^(q+1)).
@@ -615,16 +620,17 @@ def _integrate(p, dense_output, compact):
     # not grow (Hairer's and scipy's codes).
     rej_prev = None
 
-    # Below this step size a sample cannot make progress: the float spacing of its times,
-    # or the user's dt_min (constant per sample: |t| never exceeds max(|t0|, |t1|)).
-    # (With float spans: the same value, computed the same way, as a python number.)
-    # (Fixed steps ignore dt_min: it would stretch the last step to the end of the span.)
+    # `slack`: the float spacing of a sample's times (constant per sample: |t| never exceeds
+    # max(|t0|, |t1|)); a remainder within it of the step is taken in this step. `floor`: a
+    # rejected step whose successor is below it fails, max(slack, dt_min) (fixed steps have
+    # no dt_min). With float spans both are python numbers, computed as the tensors would be.
     dt_min = p.dt_min if adaptive else 0.0
     if uniform:  # 8 eps is a power of two: the product is exact before rounding to dtype
-        floor = max(_round_to(max(abs(t0r), abs(t1r)) * (8 * eps), dtype),
-                    _round_to(dt_min, dtype))
+        slack = _round_to(max(abs(t0r), abs(t1r)) * (8 * eps), dtype)
+        floor = max(slack, _round_to(dt_min, dtype))
     else:
-        floor = torch.clamp(torch.maximum(p.t0.abs(), p.t1.abs()) * (8 * eps), min=dt_min)
+        slack = torch.maximum(p.t0.abs(), p.t1.abs()) * (8 * eps)
+        floor = torch.clamp(slack, min=dt_min) if dt_min > 0 else slack
 
     def graph_stages(tst, y, hb, k1, a):
         """The stages (k1 first) and the new state of one step, out of place."""
@@ -655,14 +661,16 @@ def _integrate(p, dense_output, compact):
         return [blend(k, kg) for k, kg in zip(ks, ksg)], blend(y_new, yng)
 
     def gather(keep):
-        nonlocal idx, t, t1, direction, y, h, k1, nrej, cstate, argsa, live, floor, rej_prev
+        nonlocal idx, t, t1, direction, y, h, k1, nrej, cstate, argsa, live, slack, floor
+        nonlocal rej_prev
         nonlocal g_old, te, ptr
         # index_select: several times cheaper than advanced indexing on CPU.
         def take(x):
             return x.index_select(0, keep)
 
         if not uniform:
-            t1, direction, floor = take(t1), take(direction), take(floor)
+            t1, direction, slack = take(t1), take(direction), take(slack)
+            floor = take(floor) if dt_min > 0 else slack
         idx, t, y, h, k1, nrej = take(idx), take(t), take(y), take(h), take(k1), take(nrej)
         if cstate is not None:
             cstate = take(cstate)
@@ -723,14 +731,14 @@ def _integrate(p, dense_output, compact):
         it += 1
         rem = torch.rsub(t, t1)  # t1 - t (a python t1 would go through Tensor.__rsub__)
         # A remainder within float spacing of the step is taken now (no sliver of a last step):
-        # |h| >= |rem| - floor, written without the absolute values when all samples share
+        # |h| >= |rem| - slack, written without the absolute values when all samples share
         # one direction (h and rem then have its sign).
         if sgn > 0:
-            last = rem.sub(floor) <= h
+            last = rem.sub(slack) <= h
         elif sgn < 0:
-            last = rem.add(floor) >= h
+            last = rem.add(slack) >= h
         else:
-            last = h.abs() >= rem.abs() - floor
+            last = h.abs() >= rem.abs() - slack
         hs = torch.where(last, rem, h)
         hb = hs.reshape(-1, *ones)
         n = idx.numel()
@@ -792,6 +800,10 @@ def _integrate(p, dense_output, compact):
                 h_next = hs * fac
                 if p.dt_max < math.inf:
                     h_next = h_next.clamp(-p.dt_max, p.dt_max)
+                if dt_min > 0:  # accepted steps are followed by steps >= dt_min; a rejected
+                    # step's retry may go below, and fails there (see `floor`)
+                    h_next = torch.where(accept, h_next.abs().clamp(min=dt_min).copysign(hs),
+                                         h_next)
         else:
             with torch.no_grad():
                 finite = torch.isfinite(y_new).flatten(1).all(1)
