@@ -132,6 +132,14 @@ Y = torch.ones(2, 1, dtype=D)
     ({"f": lambda t, y: y[:, :0]}, ValueError, r"shape of y"),
     ({"f": lambda t, y: y.float()}, TypeError, r"dtype"),
     ({"event": lambda t, y: y}, ValueError, r"event fn\(t, y\) must return shape \(batch,\)"),
+    # non-tensor values name their type (they raised AttributeError with grad enabled, or
+    # printed a shape that matched)
+    ({"event": lambda t, y: 0.5}, TypeError, r"event fn.*torch.Tensor.*got builtins.float"),
+    ({"event": lambda t, y: y[:, 0].numpy()}, TypeError, r"got numpy.ndarray"),
+    ({"f": lambda t, y: (-y).numpy()}, TypeError, r"f\(t, y\) must return a torch.Tensor.*"
+                                                  r"got numpy.ndarray"),
+    ({"y0": Y.half(), "t_span": (0.0, torch.tensor(1e5))}, ValueError,
+     r"t1\) overflows y0's dtype torch.float16"),
 ])
 def test_bad_input_raises_clear_errors(kwargs, exc, pattern):
     call = {"f": f0, "y0": Y, "t_span": (0.0, 1.0)}
@@ -172,3 +180,15 @@ def test_adjoint_dispatch():
     sol = ode.solve(f0, y0, (0.0, 1.0), adjoint=True, rtol=1e-9, atol=1e-11)
     (g,) = torch.autograd.grad(sol.y.sum(), y0)
     torch.testing.assert_close(g, torch.full_like(g, math.exp(-1.0)), rtol=1e-6, atol=1e-8)
+
+
+def test_numpy_scalars_in_t_span_give_the_float_result_without_warnings():
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warned "overflow encountered in cast"
+        a = ode.solve(f0, Y, (np.float32(0.0), np.float32(1.0)))
+    b = ode.solve(f0, Y, (0.0, 1.0))
+    assert torch.equal(a.y, b.y) and torch.equal(a.stats["n_steps"], b.stats["n_steps"])

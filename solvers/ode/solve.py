@@ -177,7 +177,9 @@ def _as_time(x, name, batch, dtype, device):
         elif x.dim() != 1 or x.shape[0] != batch:
             raise ValueError(f"{name} must be a scalar or a (batch,) = ({batch},) tensor, got "
                              f"shape {tuple(x.shape)}")
-        x = x.detach().to(dtype)
+        src, x = x.detach(), x.detach().to(dtype)
+        if not bool(torch.isfinite(x).all()) and bool(torch.isfinite(src).all()):
+            raise ValueError(f"{name} overflows y0's dtype {dtype}")
     elif isinstance(x, numbers.Real):
         _check_float_time(x, name, dtype)
         return torch.full((batch,), float(x), dtype=dtype, device=device)
@@ -189,6 +191,7 @@ def _as_time(x, name, batch, dtype, device):
 
 
 def _check_float_time(x, name, dtype):
+    x = float(x)  # (a numpy scalar would warn when compared with a larger dtype's maximum)
     if not math.isfinite(x):
         raise ValueError(f"{name} must be finite, got {x}")
     if abs(x) > torch.finfo(dtype).max:
@@ -513,11 +516,16 @@ def _integrate(p, dense_output, compact):
 
     # First stage at t0 (carried from step to step afterwards); also validates f's output.
     k1 = fcall(t, y, argsa)
-    if not isinstance(k1, torch.Tensor) or k1.shape != y.shape:
+    if not isinstance(k1, torch.Tensor):
+        raise TypeError(f"f(t, y) must return a torch.Tensor of the shape of y "
+                        f"{tuple(y.shape)}, got {type(k1).__module__}.{type(k1).__name__}")
+    if k1.shape != y.shape:
         raise ValueError(f"f(t, y) must return a tensor of the shape of y {tuple(y.shape)}, got "
-                         f"{getattr(k1, 'shape', type(k1).__name__)}")
+                         f"{tuple(k1.shape)}")
     if k1.dtype != dtype:
         raise TypeError(f"f returned dtype {k1.dtype} but y0 has dtype {dtype}")
+    if k1.device != device:
+        raise ValueError(f"f returned a tensor on {k1.device} but y0 is on {device}")
     nfe_init = 1
 
     # Fast path when no autograd graph is being built (grad mode off, or nothing that f, the
@@ -550,9 +558,13 @@ def _integrate(p, dense_output, compact):
             return out.detach().index_put((sub,), part)
 
         k1 = finite_call(t, y, argsa, out=k1)
+    # The graph path in float32/64 does the fast path's arithmetic (h-scaled stages combined
+    # by addmm), out of place: the same steps and bits with and without a graph.
+    scaled = not fast and dtype in (torch.float32, torch.float64)
+    if fast or scaled:
+        A_t, B_t, E_t = method.stage_matrices(dtype, device)
     if fast:
         Kbuf = torch.empty(n_ext, B * D, dtype=dtype, device=device)
-        A_t, B_t, E_t = method.stage_matrices(dtype, device)
         kview_n, K, Kv, Kpre = -1, None, None, None
 
     if adaptive:
@@ -605,11 +617,7 @@ def _integrate(p, dense_output, compact):
 
     if ev is not None:
         with torch.no_grad():
-            g_old = gcall(t, y, argsa)
-        if not isinstance(g_old, torch.Tensor) or g_old.shape != (B,):
-            raise ValueError(f"event fn(t, y) must return shape (batch,) = ({B},), got "
-                             f"{getattr(g_old, 'shape', type(g_old).__name__)}")
-        g_old = g_old.to(dtype)
+            g_old = _event_value(gcall(t, y, argsa), B).to(dtype)
     if p.t_eval is not None:
         te = p.t_eval
         n_eval = te.shape[1]
@@ -633,32 +641,45 @@ def _integrate(p, dense_output, compact):
         floor = torch.clamp(slack, min=dt_min) if dt_min > 0 else slack
 
     def graph_stages(tst, y, hb, k1, a):
-        """The stages (k1 first) and the new state of one step, out of place."""
+        """One step out of place: the stages (k1 first), the h-scaled stages (float32/64,
+        `scaled`; else None) and the new state."""
         ks, yi = [k1], y
+        if not scaled:
+            for i in range(1, s):
+                yi = torch.addcmul(y, hb, _lincomb_grad(A[i], ks))
+                ks.append(fcall(tst[i], yi, a))
+            return ks, None, (yi if fsal else torch.addcmul(y, hb, _lincomb_grad(Bw, ks)))
+        yflat, kh = y.reshape(1, -1), [k1 * hb]
         for i in range(1, s):
-            yi = torch.addcmul(y, hb, _lincomb_grad(A[i], ks))
+            yi = torch.addmm(yflat, A_t[i], torch.stack(kh).view(i, -1)).view_as(y)
             ks.append(fcall(tst[i], yi, a))
-        return ks, (yi if fsal else torch.addcmul(y, hb, _lincomb_grad(Bw, ks)))
+            kh.append(ks[-1] * hb)
+        if not fsal:
+            yi = torch.addmm(yflat, B_t, torch.stack(kh).view(s, -1)).view_as(y)
+        return ks, kh, yi
 
-    def clean_step(good, ks, y_new):
+    def clean_step(good, ks, kh, y_new):
         """Recompute a step on its rows `good` (graph mode; the other rows' error is not
-        finite): stages and new state, blended with the other rows' values without history.
+        finite): stages, scaled stages and new state, blended with the other rows' values
+        without history.
 
         The step's first stage k1 is clean already (it comes from f's first value, a clean
         step's last stage or a non-FSAL method's checked f at the step's end: a finite error
         implies finite stages), so it keeps its history."""
         sub = good.nonzero().flatten()
         if not sub.numel():
-            return [k.detach() for k in ks], y_new.detach()
+            return ([k.detach() for k in ks], kh and [k.detach() for k in kh],
+                    y_new.detach())
         tg, yg, hg = t.index_select(0, sub), y.index_select(0, sub), hs.index_select(0, sub)
         ag = tuple(x.index_select(0, sub) for x in argsa)
-        ksg, yng = graph_stages(torch.addcmul(tg, C_col, hg).unbind(0), yg,
-                                hg.reshape(-1, *ones), k1.index_select(0, sub), ag)
+        ksg, khg, yng = graph_stages(torch.addcmul(tg, C_col, hg).unbind(0), yg,
+                                     hg.reshape(-1, *ones), k1.index_select(0, sub), ag)
 
         def blend(full, part):
             return full.detach().index_put((sub,), part)
 
-        return [blend(k, kg) for k, kg in zip(ks, ksg)], blend(y_new, yng)
+        return ([blend(k, kg) for k, kg in zip(ks, ksg)],
+                kh and [blend(k, kg) for k, kg in zip(kh, khg)], blend(y_new, yng))
 
     def gather(keep):
         nonlocal idx, t, t1, direction, y, h, k1, nrej, cstate, argsa, live, slack, floor
@@ -768,12 +789,13 @@ def _integrate(p, dense_output, compact):
             if adaptive:
                 err = torch.mm(E_t, Kpre[s]).view_as(y)
         else:
-            ks, y_new = graph_stages(tst, y, hb, k1, argsa)
+            ks, kh, y_new = graph_stages(tst, y, hb, k1, argsa)
             if fsal:
                 f_new = ks[-1]
             if adaptive:
                 with torch.no_grad():
-                    err = _lincomb_grad(Berr, ks) * hb
+                    err = (torch.mm(E_t, torch.stack(kh).view(s, -1)).view_as(y) if scaled
+                           else _lincomb_grad(Berr, ks) * hb)
         # t + hs is already the last stage time when that node is 1 (all methods but two).
         t_new = torch.where(last, t1, tst[s - 1] if c_last_is_one else t + hs)
 
@@ -813,7 +835,7 @@ def _integrate(p, dense_output, compact):
             with torch.no_grad():
                 good = (ratio < math.inf) if adaptive else finite
             if not bool(good.all()):
-                ks, y_new = clean_step(good, ks, y_new)
+                ks, kh, y_new = clean_step(good, ks, kh, y_new)
                 if fsal:
                     f_new = ks[-1]
         if live is not None:
@@ -824,7 +846,12 @@ def _integrate(p, dense_output, compact):
                 torch.mul(f_new, hb, out=Kv[s])
         # Interpolation coefficients of this step, computed lazily (events, t_eval, dense).
         coef_cache = []
-        step_data = (K, n) if fast else (ks + ([] if fsal else [f_new]), hs)
+        if fast:
+            step_data = (K, n)
+        elif scaled:
+            step_data = (kh + ([] if fsal else [f_new * hb]), None)
+        else:
+            step_data = (ks + ([] if fsal else [f_new]), hs)
 
         def get_coef(sub=None, cache=coef_cache, data=step_data, cols=False):
             """(n or len(sub), degree, *state) interpolation coefficients of this step.
@@ -848,8 +875,12 @@ def _integrate(p, dense_output, compact):
             else:
                 kext, hsd = data
                 if sub is not None:
-                    kext, hsd = [k.index_select(0, sub) for k in kext], hsd[sub]
-                c = _interp_coef(W_list, kext, hsd)
+                    kext = [k.index_select(0, sub) for k in kext]
+                    hsd = None if hsd is None else hsd[sub]
+                if cols and hsd is None:
+                    return [_lincomb_grad(w, kext) for w in W_list]
+                c = (torch.stack([_lincomb_grad(w, kext) for w in W_list], dim=1)
+                     if hsd is None else _interp_coef(W_list, kext, hsd))
             if sub is None:
                 cache.append(c)
             return c.unbind(1) if cols else c
@@ -1006,7 +1037,7 @@ def _integrate(p, dense_output, compact):
     if ev_stash:
         # Deferred event roots: located now for every stashed sample at once, then put in
         # place of the placeholders in the records.
-        t_parts, y_parts = ev_stash.locate(gcall, fcall, ev, W_list, fast, grad_on)
+        t_parts, y_parts = ev_stash.locate(gcall, fcall, ev, W_list, fast, scaled, grad_on)
 
         def resolved(x):
             if isinstance(x, _Deferred):
@@ -1097,7 +1128,18 @@ def _integrate(p, dense_output, compact):
 
 def _event_needs_grad(gcall, t, y, argsa):
     """Whether the event function's value depends on something that requires grad."""
-    return bool(gcall(t, y, argsa).requires_grad)
+    return bool(_event_value(gcall(t, y, argsa), y.shape[0]).requires_grad)
+
+
+def _event_value(g, batch):
+    """The event function's value, checked: a (batch,) tensor."""
+    if not isinstance(g, torch.Tensor):
+        raise TypeError(f"event fn(t, y) must return a torch.Tensor of shape (batch,) = "
+                        f"({batch},), got {type(g).__module__}.{type(g).__name__}")
+    if g.shape != (batch,):
+        raise ValueError(f"event fn(t, y) must return shape (batch,) = ({batch},), got "
+                         f"{tuple(g.shape)}")
+    return g
 
 
 def _first_occurrence(idx, B):
@@ -1184,9 +1226,9 @@ class _EventStash:
     """Event steps whose roots `_integrate` locates after the loop, all in one go.
 
     Per hit step it keeps, for the samples that crossed: the rows ``(t, h, g_old, g_new)``
-    stacked as ``(4, m)``, the step's start state, the h-scaled stages (``(n_ext, m,
+    stacked as ``(4, m)``, the step's start state, the stages (h-scaled: ``(n_ext, m,
     *state)`` on the fast path, a list of ``(m, *state)`` tensors carrying the autograd graph
-    otherwise) and the gathered `args`. A sample is stashed at most once (terminal: it
+    on the graph path in float32/64; unscaled in float16/bfloat16) and the gathered `args`. A sample is stashed at most once (terminal: it
     leaves; non-terminal: only its first crossing), so the stash holds at most one step's
     stages per sample.
     """
@@ -1203,7 +1245,7 @@ class _EventStash:
         k = len(self.parts) - 1
         return _Deferred(k, "t"), _Deferred(k, "y")
 
-    def locate(self, gcall, fcall, ev, W_list, fast, grad_on):
+    def locate(self, gcall, fcall, ev, W_list, fast, scaled, grad_on):
         """Locate every stashed root; returns the event times and states per stashed step."""
         sv, y_s, kh, a_s = zip(*self.parts)
         sizes = [x.shape[1] for x in sv]
@@ -1219,7 +1261,8 @@ class _EventStash:
             coef = [_lincomb_fast(w, khc) for w in W_list]
         else:
             kext = [cat(col) for col in zip(*kh)]
-            coef = _interp_coef(W_list, kext, h_s).unbind(1)
+            coef = ([_lincomb_grad(w, kext) for w in W_list] if scaled
+                    else _interp_coef(W_list, kext, h_s).unbind(1))
         _, t_star, y_stop = _locate_root(gcall, fcall, ev, t_s, h_s, y_s, coef, g_lo, g_hi,
                                          a_s, fast, grad_on)
         return t_star.split(sizes), y_stop.split(sizes)
