@@ -493,6 +493,15 @@ def _integrate(p, dense_output, compact):
         if not ev.terminal:
             ev_seen = torch.zeros(B, dtype=torch.bool, device=device)  # crossed already
     out_idx, out_val = [], []
+    # Event samples whose root got its gradient (`_ift`) from one more f call, counted in nfe.
+    ift_ids = []
+
+    def counted_fcall(ids):
+        def call(t, y, a):
+            ift_ids.append(ids())
+            return fcall(t, y, a)
+        return call
+
     dense_rec = []
     rec_f = []
     failures = [False]  # whether a sample ended with a failure status (MAX_STEPS or worse)
@@ -921,11 +930,13 @@ def _integrate(p, dense_output, compact):
                     # outputs and dense output in this step.
                     coef = get_coef(sub, cols=True)
                     t_s, h_s = t.index_select(0, sub), hs.index_select(0, sub)
+                    ids = idx.index_select(0, sub)
                     t_root, t_star, y_stop = _locate_root(
-                        gcall, fcall, ev, t_s, h_s, y.index_select(0, sub), coef,
-                        g_old.index_select(0, sub), g_new.index_select(0, sub),
-                        tuple(a.index_select(0, sub) for a in argsa), fast, grad_on)
-                    rec_ev_idx.append(idx.index_select(0, sub))
+                        gcall, counted_fcall(lambda ids=ids: ids), ev, t_s, h_s,
+                        y.index_select(0, sub), coef, g_old.index_select(0, sub),
+                        g_new.index_select(0, sub), tuple(a.index_select(0, sub) for a in argsa),
+                        fast, grad_on)
+                    rec_ev_idx.append(ids)
                     rec_ev_t.append(t_star)
                     ev_sel = sub
                     ev_t, ev_y = t_star, y_stop
@@ -1037,7 +1048,9 @@ def _integrate(p, dense_output, compact):
     if ev_stash:
         # Deferred event roots: located now for every stashed sample at once, then put in
         # place of the placeholders in the records.
-        t_parts, y_parts = ev_stash.locate(gcall, fcall, ev, W_list, fast, scaled, grad_on)
+        # (the stash holds the samples of rec_ev_idx, in that order)
+        t_parts, y_parts = ev_stash.locate(gcall, counted_fcall(lambda: torch.cat(rec_ev_idx)),
+                                           ev, W_list, fast, scaled, grad_on)
 
         def resolved(x):
             if isinstance(x, _Deferred):
@@ -1080,6 +1093,9 @@ def _integrate(p, dense_output, compact):
         t_out, y_out, n_rej, codes = place(rec_t), place(rec_y), place(rec_rej), place([codes], 1)
         f_out = place(rec_f) if rec_f else None
     status, n_steps, nfe = codes.unbind(0)
+    if ift_ids:
+        ids = torch.cat(ift_ids)
+        nfe = nfe.index_add(0, ids, torch.ones_like(ids))
     n_acc = n_steps - n_rej
     if p.t1_grad is not None:
         # Value zero, gradient 1 w.r.t. t1 on samples that reached t1: d y/d t1 = f(t1, y).
