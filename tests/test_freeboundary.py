@@ -150,6 +150,24 @@ def test_brownian_motion_linear_cost(lcp):
     assert xs[0, 0, 1].item() == pytest.approx(1 / (2 * c), abs=h)
 
 
+def test_psor_contract_independent_of_batch_and_close_to_exact_lcp():
+    # American call K=100, r=0, sigma=0.4, T=0.25, q=0.05 on 200 x 50: PSOR alone and in a batch
+    # with another contract must agree (per-problem convergence), and lie within the per-step
+    # tolerance (summed over the steps) of the exact LCP solve (policy iteration). Before the
+    # fix: 7.408082601 alone, 7.408077833 in the batch, exact 7.408084355.
+    f64 = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    args = dict(nx=200, nt=50)
+    one = fb.black_scholes("call", 100.0, 0.0, 0.4, 0.25, 0.05)
+    solo = fb.solve(one, lcp="psor", **args)
+    batch = fb.solve(fb.black_scholes("call", f64(100.0, 80.0), f64(0.0, 0.03), f64(0.4, 0.3),
+                                      f64(0.25, 2.0), f64(0.05, 0.08)), lcp="psor", **args)
+    exact = fb.solve(one, lcp="policy", **args)
+    torch.testing.assert_close(batch.values[:1], solo.values, rtol=0, atol=1e-11)
+    bound = solo.stats["steps"] * 1e-10 * float(exact.values.abs().max())
+    assert float((solo.values - exact.values).abs().max()) <= bound
+    assert solo.value_at(100.0).item() == pytest.approx(exact.value_at(100.0).item(), abs=bound)
+
+
 def test_brennan_schwartz_refuses_two_sided_problem():
     with pytest.raises(ValueError, match="single exercise boundary"):
         fb.solve(fb.brownian_linear_cost(0.5), nx=51, nt=10, lcp="brennan-schwartz")

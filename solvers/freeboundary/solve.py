@@ -333,9 +333,11 @@ def solve(problem: ObstacleProblem, nx: int = 800, nt: int = 200, lcp: str = "br
     - `nx`, `nt`: number of nodes (>= 3, boundaries included) and of time steps (>= 3).
     - `lcp`: `"brennan-schwartz"` (single exercise boundary; the sweep direction follows the
       payoff: non-increasing = put-like, non-decreasing = call-like, otherwise ValueError),
-      `"psor"` (general, iterative to `psor_tol`), `"policy"` (general, exact: Howard's policy
-      iteration) or `"projection"` (linear solve then max(V, g): the *first-order* baseline that
-      explicit-exercise engines such as QuantLib's FD engine use; kept for comparison).
+      `"psor"` (general, iterative: per problem, to an LCP residual of `psor_tol` times
+      max(1, |V|, |g|); see :func:`~solvers.freeboundary.lcp.psor`), `"policy"` (general,
+      exact: Howard's policy iteration) or `"projection"` (linear solve then max(V, g): the
+      *first-order* baseline that explicit-exercise engines such as QuantLib's FD engine use;
+      kept for comparison).
     - `theta`: in [0.5, 1]; 0.5 is Crank–Nicolson, 1 fully implicit (smaller values are only
       conditionally stable and are refused).
     - `rannacher_steps`: implicit half steps at the start (even; 4 = two full steps split into
