@@ -335,3 +335,26 @@ def test_exercise_boundary_at_expiry(kind, q, limit):
     finite = s_b[0][torch.isfinite(s_b[0])]
     steps = finite[1:] - finite[:-1]
     assert bool((steps >= -1e-9).all()) if kind == "put" else bool((steps <= 1e-9).all())
+
+
+@pytest.mark.parametrize("kind, q", [("put", 0.0), ("call", 0.08)])
+def test_gamma_next_to_the_exercise_boundary_matches_the_closed_form_jump(kind, q):
+    # At the free boundary V = g and V_S = g_S (smooth fit), so the PDE gives the one-sided gamma
+    # in closed form: 1/2 sigma^2 S*^2 Gamma = r V - (r - q) S* V_S, i.e.
+    # put: Gamma(S*+) = 2 r K / (sigma^2 S*^2); call (q > 0): Gamma(S*-) = 2 (q S* - r K) /
+    # (sigma^2 S*^2); on the exercise side V = intrinsic, linear in S: Gamma = 0. A 9-node fit
+    # straddling S* gave 0.0857 instead of 0.110 at S = 33.0 and 0.0062 instead of 0 at 32.8.
+    K, r, sig = 40.0, 0.06, 0.2
+    res = fb.solve(fb.black_scholes(kind, K, r, sig, 1.0, dividend=q), nx=800, nt=200)
+    s_star = res.boundary[1][0, 0].item()
+    if kind == "put":
+        jump = 2 * r * K / (sig**2 * s_star**2)
+        cont, ex = 1.0, -1.0  # continuation above S*, exercise below
+    else:
+        jump = 2 * (q * s_star - r * K) / (sig**2 * s_star**2)
+        cont, ex = -1.0, 1.0
+    i = int(torch.searchsorted(res.state[0], torch.tensor(s_star, dtype=torch.float64)))
+    h = (res.state[0, i] - res.state[0, i - 1]).item()  # node spacing at S*
+    for k in (0.2, 0.7, 1.5):
+        assert res.gamma_at(s_star + cont * k * h).item() == pytest.approx(jump, rel=1e-2)
+        assert abs(res.gamma_at(s_star + ex * k * h).item()) < 1e-2 * jump  # O(h^2) fit bias
