@@ -358,3 +358,26 @@ def test_gamma_next_to_the_exercise_boundary_matches_the_closed_form_jump(kind, 
     for k in (0.2, 0.7, 1.5):
         assert res.gamma_at(s_star + cont * k * h).item() == pytest.approx(jump, rel=1e-2)
         assert abs(res.gamma_at(s_star + ex * k * h).item()) < 1e-2 * jump  # O(h^2) fit bias
+
+
+def test_black_scholes_batch_size_mismatch_names_the_arguments():
+    with pytest.raises(ValueError, match=r"inconsistent batch sizes.*'strike': 2.*'vol': 3"):
+        fb.black_scholes(strike=torch.tensor([90.0, 100.0]), vol=torch.tensor([0.1, 0.2, 0.3]))
+
+
+def test_spot_range_must_cover_the_strike_region():
+    # K = 100 put on (120, 200) gave V(150) = 0.0 (the near-side far-field value drops the time
+    # value) instead of ~0.096: now refused, naming the range it needs.
+    with pytest.raises(ValueError, match=r"spot_range \(120.0, 200.0\) does not cover"):
+        fb.black_scholes("put", 100.0, 0.05, 0.2, 1.0, spot_range=(120.0, 200.0))
+    with pytest.raises(ValueError, match="problem 1 of the batch"):
+        fb.black_scholes("put", torch.tensor([100.0, 100.0]), 0.05, torch.tensor([0.05, 0.2]),
+                         1.0, spot_range=(70.0, 150.0))
+    # A range just covering K e^{-m} .. K e^{m} (m = 3 sigma sqrt(T) + |r| T = 0.65: 52.2 .. 191.6)
+    # is accepted and agrees with the default grid (ln K -+ 1.05) at S = 150.
+    ref = fb.solve(fb.black_scholes("put", 100.0, 0.05, 0.2, 1.0), 800, 200).value_at(150.0)
+    got = fb.solve(fb.black_scholes("put", 100.0, 0.05, 0.2, 1.0, spot_range=(52.0, 192.0)),
+                   800, 200).value_at(150.0)
+    assert got.item() == pytest.approx(ref.item(), abs=2e-3)
+    assert ref.item() == pytest.approx(0.0964, abs=1e-3)
+
