@@ -381,3 +381,13 @@ def test_spot_range_must_cover_the_strike_region():
     assert got.item() == pytest.approx(ref.item(), abs=2e-3)
     assert ref.item() == pytest.approx(0.0964, abs=1e-3)
 
+
+def test_result_times_has_one_column_per_step_taken():
+    # Result.times / edges are (B, stats["steps"]): fewer than nt on the graded (American) grid.
+    res = fb.solve(fb.black_scholes("put", 40.0, 0.06, 0.2, 1.0), nx=100, nt=50)
+    n = res.stats["steps"]
+    assert n < 50 and res.times.shape == res.lower_edge.shape == (1, n)
+    assert res.times[0, 0].item() == 0.0 and res.times[0, -1].item() < 1.0
+    uni = fb.solve(fb.black_scholes("put", 40.0, 0.06, 0.2, 1.0), nx=100, nt=50,
+                   time_grid="uniform")
+    assert uni.times.shape == (1, 50) and uni.times[0, -1].item() == pytest.approx(1.0 - 1 / 50)

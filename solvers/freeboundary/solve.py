@@ -44,15 +44,17 @@ class Result:
     - `problem`: the :class:`ObstacleProblem`.
     - `x`: nodes `(B, nx)` in the PDE variable (ln S for Black–Scholes); `state`: in user units.
     - `values`: V(0, x) `(B, nx)`.
-    - `times`: calendar times `(B, nt)` (ascending, from 0 to the last step before maturity) at
-      which the free boundary is recorded.
-    - `lower_edge`, `upper_edge`: `(B, nt)` in PDE units: the end of an exercise region that
+    - `times`: calendar times `(B, n_steps)` (ascending, from 0 to the last step before
+      maturity) at which the free boundary is recorded; n_steps = `stats["steps"]`, which is
+      `nt` on a uniform time grid and at most `nt` on the graded one (the default for American
+      exercise).
+    - `lower_edge`, `upper_edge`: `(B, n_steps)` in PDE units: the end of an exercise region that
       touches the left end of the domain (a put's S*) and the start of one touching the right end
       (a call's S*); NaN where there is none (or for non-exercise steps, e.g. Bermudan).
     - `side`: per problem, where the payoff says exercise happens: "left" (non-increasing payoff),
       "right" (non-decreasing) or "both".
     - `lcp`: the method used; `stats`: iteration counts.
-    - `history`: V at every recorded time `(B, nt, nx)` when `save_history=True`.
+    - `history`: V at every recorded time `(B, n_steps, nx)` when `save_history=True`.
     """
 
     problem: ObstacleProblem
@@ -79,7 +81,7 @@ class Result:
         payoff; for a call-like one the smallest. Between nodes it is located with the smooth-fit
         behaviour V - g ~ c (x - x*)^2: sqrt(V - g) is linear in x at the two continuation
         nodes next to the boundary. For a two-sided problem x* has shape `(B, nt, 2)`
-        (lower, upper).
+        (lower, upper), times `(B, n_steps)` as :attr:`times`.
         """
         if all(s == "both" for s in self.side):
             xs = torch.stack([self.lower_edge, self.upper_edge], dim=-1)
