@@ -150,6 +150,24 @@ def test_brownian_motion_linear_cost(lcp):
     assert xs[0, 0, 1].item() == pytest.approx(1 / (2 * c), abs=h)
 
 
+def test_psor_contract_independent_of_batch_and_close_to_exact_lcp():
+    # American call K=100, r=0, sigma=0.4, T=0.25, q=0.05 on 200 x 50: PSOR alone and in a batch
+    # with another contract must agree (per-problem convergence), and lie within the per-step
+    # tolerance (summed over the steps) of the exact LCP solve (policy iteration). Before the
+    # fix: 7.408082601 alone, 7.408077833 in the batch, exact 7.408084355.
+    f64 = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    args = dict(nx=200, nt=50)
+    one = fb.black_scholes("call", 100.0, 0.0, 0.4, 0.25, 0.05)
+    solo = fb.solve(one, lcp="psor", **args)
+    batch = fb.solve(fb.black_scholes("call", f64(100.0, 80.0), f64(0.0, 0.03), f64(0.4, 0.3),
+                                      f64(0.25, 2.0), f64(0.05, 0.08)), lcp="psor", **args)
+    exact = fb.solve(one, lcp="policy", **args)
+    torch.testing.assert_close(batch.values[:1], solo.values, rtol=0, atol=1e-11)
+    bound = solo.stats["steps"] * 1e-10 * float(exact.values.abs().max())
+    assert float((solo.values - exact.values).abs().max()) <= bound
+    assert solo.value_at(100.0).item() == pytest.approx(exact.value_at(100.0).item(), abs=bound)
+
+
 def test_brennan_schwartz_refuses_two_sided_problem():
     with pytest.raises(ValueError, match="single exercise boundary"):
         fb.solve(fb.brownian_linear_cost(0.5), nx=51, nt=10, lcp="brennan-schwartz")
@@ -317,3 +335,59 @@ def test_exercise_boundary_at_expiry(kind, q, limit):
     finite = s_b[0][torch.isfinite(s_b[0])]
     steps = finite[1:] - finite[:-1]
     assert bool((steps >= -1e-9).all()) if kind == "put" else bool((steps <= 1e-9).all())
+
+
+@pytest.mark.parametrize("kind, q", [("put", 0.0), ("call", 0.08)])
+def test_gamma_next_to_the_exercise_boundary_matches_the_closed_form_jump(kind, q):
+    # At the free boundary V = g and V_S = g_S (smooth fit), so the PDE gives the one-sided gamma
+    # in closed form: 1/2 sigma^2 S*^2 Gamma = r V - (r - q) S* V_S, i.e.
+    # put: Gamma(S*+) = 2 r K / (sigma^2 S*^2); call (q > 0): Gamma(S*-) = 2 (q S* - r K) /
+    # (sigma^2 S*^2); on the exercise side V = intrinsic, linear in S: Gamma = 0. A 9-node fit
+    # straddling S* gave 0.0857 instead of 0.110 at S = 33.0 and 0.0062 instead of 0 at 32.8.
+    K, r, sig = 40.0, 0.06, 0.2
+    res = fb.solve(fb.black_scholes(kind, K, r, sig, 1.0, dividend=q), nx=800, nt=200)
+    s_star = res.boundary[1][0, 0].item()
+    if kind == "put":
+        jump = 2 * r * K / (sig**2 * s_star**2)
+        cont, ex = 1.0, -1.0  # continuation above S*, exercise below
+    else:
+        jump = 2 * (q * s_star - r * K) / (sig**2 * s_star**2)
+        cont, ex = -1.0, 1.0
+    i = int(torch.searchsorted(res.state[0], torch.tensor(s_star, dtype=torch.float64)))
+    h = (res.state[0, i] - res.state[0, i - 1]).item()  # node spacing at S*
+    for k in (0.2, 0.7, 1.5):
+        assert res.gamma_at(s_star + cont * k * h).item() == pytest.approx(jump, rel=1e-2)
+        assert abs(res.gamma_at(s_star + ex * k * h).item()) < 1e-2 * jump  # O(h^2) fit bias
+
+
+def test_black_scholes_batch_size_mismatch_names_the_arguments():
+    with pytest.raises(ValueError, match=r"inconsistent batch sizes.*'strike': 2.*'vol': 3"):
+        fb.black_scholes(strike=torch.tensor([90.0, 100.0]), vol=torch.tensor([0.1, 0.2, 0.3]))
+
+
+def test_spot_range_must_cover_the_strike_region():
+    # K = 100 put on (120, 200) gave V(150) = 0.0 (the near-side far-field value drops the time
+    # value) instead of ~0.096: now refused, naming the range it needs.
+    with pytest.raises(ValueError, match=r"spot_range \(120.0, 200.0\) does not cover"):
+        fb.black_scholes("put", 100.0, 0.05, 0.2, 1.0, spot_range=(120.0, 200.0))
+    with pytest.raises(ValueError, match="problem 1 of the batch"):
+        fb.black_scholes("put", torch.tensor([100.0, 100.0]), 0.05, torch.tensor([0.05, 0.2]),
+                         1.0, spot_range=(70.0, 150.0))
+    # A range just covering K e^{-m} .. K e^{m} (m = 3 sigma sqrt(T) + |r| T = 0.65: 52.2 .. 191.6)
+    # is accepted and agrees with the default grid (ln K -+ 1.05) at S = 150.
+    ref = fb.solve(fb.black_scholes("put", 100.0, 0.05, 0.2, 1.0), 800, 200).value_at(150.0)
+    got = fb.solve(fb.black_scholes("put", 100.0, 0.05, 0.2, 1.0, spot_range=(52.0, 192.0)),
+                   800, 200).value_at(150.0)
+    assert got.item() == pytest.approx(ref.item(), abs=2e-3)
+    assert ref.item() == pytest.approx(0.0964, abs=1e-3)
+
+
+def test_result_times_has_one_column_per_step_taken():
+    # Result.times / edges are (B, stats["steps"]): fewer than nt on the graded (American) grid.
+    res = fb.solve(fb.black_scholes("put", 40.0, 0.06, 0.2, 1.0), nx=100, nt=50)
+    n = res.stats["steps"]
+    assert n < 50 and res.times.shape == res.lower_edge.shape == (1, n)
+    assert res.times[0, 0].item() == 0.0 and res.times[0, -1].item() < 1.0
+    uni = fb.solve(fb.black_scholes("put", 40.0, 0.06, 0.2, 1.0), nx=100, nt=50,
+                   time_grid="uniform")
+    assert uni.times.shape == (1, 50) and uni.times[0, -1].item() == pytest.approx(1.0 - 1 / 50)

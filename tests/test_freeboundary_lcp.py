@@ -90,3 +90,45 @@ def test_psor_raises_when_not_converged():
     rhs = torch.rand(40, 2, generator=gen, dtype=torch.float64)
     with pytest.raises(lcp.LCPConvergenceError, match="did not converge"):
         lcp.psor(lo, d, up, rhs, g, g, max_iter=2)
+
+
+def stiff_put_lcp(n, b, seed):
+    """A put-like LCP whose PSOR iteration converges slowly (strong diffusion: spectral radius
+    close to 1), rows diagonally dominant by 1.05."""
+    lo, d, up, gen = random_m_matrix(n, b, seed)
+    scale = torch.linspace(1.0, 40.0, b, dtype=torch.float64)  # problems of different stiffness
+    lo, up = lo * scale, up * scale
+    d = 1.05 + (d - 1.05) * scale
+    x = torch.linspace(0.0, 1.0, n, dtype=torch.float64).unsqueeze(1).expand(n, b)
+    g = torch.clamp(0.6 - x, min=0.0) * 3.0
+    rhs = 0.4 + 0.1 * torch.rand(n, b, generator=gen, dtype=torch.float64)
+    return lo, d, up, rhs, g
+
+
+def test_psor_error_within_tolerance_of_exact_lcp():
+    # The documented guarantee: per problem, max |v - v*| <= tol * max(1, |v0|, |g|) when the
+    # rows are diagonally dominant by >= 1. v* from policy iteration (exact after finitely many
+    # iterations). An update-size test stopped ~10-100x short of this on stiff problems.
+    n, b, tol = 120, 3, 1e-8
+    lo, d, up, rhs, g = stiff_put_lcp(n, b, seed=5)
+    v_pi, _, _ = lcp.policy_iteration(lo, d, up, rhs, g, torch.zeros(n, b, dtype=torch.bool))
+    assert complementarity_residual(lo, d, up, rhs, g, v_pi) < 1e-12
+    v0 = g.clone()
+    v_ps, _ = lcp.psor(lo, d, up, rhs, g, v0, omega=1.2, tol=tol, max_iter=200_000)
+    bound = tol * torch.maximum(v0.abs().amax(0), g.abs().amax(0)).clamp(min=1.0)
+    err = (v_ps - v_pi).abs().amax(0)
+    assert (err <= bound).all(), (err, bound)
+
+
+def test_psor_result_does_not_depend_on_the_batch():
+    # Each column alone equals the same column solved in the batch (convergence and freezing are
+    # per problem), to round-off.
+    n, b = 120, 3
+    lo, d, up, rhs, g = stiff_put_lcp(n, b, seed=5)
+    v_all, _ = lcp.psor(lo, d, up, rhs, g, g.clone(), tol=1e-8, max_iter=200_000)
+    for j in range(b):
+        c = slice(j, j + 1)
+        v_j, _ = lcp.psor(lo[:, c].contiguous(), d[:, c].contiguous(), up[:, c].contiguous(),
+                          rhs[:, c].contiguous(), g[:, c].contiguous(), g[:, c].clone(),
+                          tol=1e-8, max_iter=200_000)
+        torch.testing.assert_close(v_all[:, c], v_j, rtol=0, atol=1e-14)

@@ -154,3 +154,12 @@ def test_simulator_bad_inputs():
         st.BrownianMotion([0.0, 1.0]).sample_from(0, torch.full((1, 1), math.nan), 2)
     with pytest.raises(ValueError, match="probability distributions"):
         st.MarkovChain(torch.tensor([[0.5, 0.6], [0.5, 0.5]]), n_times=3)
+
+
+def test_gbm_rate_must_be_a_scalar():
+    # A (dim,) rate used to fail inside float() with "only one element tensors can be converted".
+    times = torch.linspace(0.0, 1.0, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="rate must be a scalar.*shape \\(2,\\)"):
+        st.GeometricBrownianMotion(100.0, torch.tensor([0.05, 0.05]), 0.2, times, dim=2)
+    gbm = st.GeometricBrownianMotion(100.0, torch.tensor(0.05), 0.2, times, dim=2)
+    assert gbm.discount()[-1].item() == pytest.approx(math.exp(-0.05))  # 0-d tensor accepted

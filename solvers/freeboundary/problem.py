@@ -258,12 +258,16 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
       0 means exercise is also allowed now).
     - `spot_range`: `(S_min, S_max)` of the grid; default ln K ± w with
       w = max(5 sigma sqrt(T) + |r - q| T, 0.5) (or `width` if given) — wide enough that the
-      far-field Dirichlet values below are accurate to far below 1e-6.
+      far-field Dirichlet values below are accurate to far below 1e-6. A `spot_range` must
+      contain K e^{-m} .. K e^{m}, m = min(3 sigma sqrt(T) + |r - q| T, 1), or ValueError: the
+      far-field values are wrong near the strike (this is a minimum, not an accuracy
+      guarantee: the error at an end is of the order of the option's time value there).
     - `center`: spot where the mesh concentrates nodes (default the strike; e.g. the spot of
       interest), number or `(B,)`.
 
     The far-field boundary values are the zero-volatility values over the remaining exercise
-    opportunities (exact as S -> 0 or S -> infinity): for an American option
+    opportunities, which are the limits as S -> 0 and S -> infinity but not exact at a finite
+    end of the grid (there they drop the time value): for an American option
     max(intrinsic, e^{-r tau} payoff(S e^{(r-q) tau})), for a European one the second term only, for a
     Bermudan one the maximum over the remaining dates.
 
@@ -287,6 +291,11 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
                              f"{tuple(v.shape)}")
         if not bool(torch.isfinite(v).all()):
             raise ValueError(f"{name} contains NaN or infinite values")
+    sizes = {name: int(v.shape[0]) for name, v in
+             (("strike", K), ("rate", r), ("vol", s), ("maturity", T), ("dividend", q))
+             if v.dim() == 1}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"inconsistent batch sizes among the arguments: {sizes}")
     if bool((s < 0).any()):
         raise ValueError("vol must be non-negative (got a negative volatility)")
     if bool((K <= 0).any()):
@@ -299,6 +308,22 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
         if bool((lo <= 0).any()) or bool((hi <= lo).any()):
             raise ValueError(f"spot_range must satisfy 0 < S_min < S_max, got {spot_range}")
         x_min, x_max = torch.log(lo), torch.log(hi)
+        # The far-field values are exact only as S -> 0 or infinity: an end of the grid inside
+        # the region where the option has time value gives a silently wrong price (e.g. a put
+        # with K = 100 on (120, 200): 0.0 at S = 150 instead of 0.096). Required margin around
+        # ln K: a few standard deviations of ln S plus the drift, capped at 1 (a factor e).
+        m = torch.clamp(3.0 * s * torch.sqrt(T) + (r - q).abs() * T, max=1.0)
+        need_lo, need_hi = torch.log(K) - m, torch.log(K) + m
+        short = (x_min > need_lo + 1e-12) | (x_max < need_hi - 1e-12)
+        if bool(short.any()):
+            j = int(short.reshape(-1).nonzero()[0, 0]) if short.dim() else 0
+            pick = (lambda v: float(v.reshape(-1)[j]) if v.numel() > 1 else float(v))
+            raise ValueError(
+                f"spot_range {spot_range} does not cover the region where the far-field boundary "
+                f"values are not exact: it must contain K exp(-m) .. K exp(m) with "
+                f"m = min(3 vol sqrt(T) + |rate - dividend| T, 1), here "
+                f"{pick(torch.exp(need_lo)):.6g} .. {pick(torch.exp(need_hi)):.6g}"
+                + (f" (problem {j} of the batch)" if short.numel() > 1 else ""))
         centre_k = torch.clamp(torch.log(K), x_min + 1e-9, x_max - 1e-9)
     else:
         if width is not None:

@@ -44,15 +44,17 @@ class Result:
     - `problem`: the :class:`ObstacleProblem`.
     - `x`: nodes `(B, nx)` in the PDE variable (ln S for Black–Scholes); `state`: in user units.
     - `values`: V(0, x) `(B, nx)`.
-    - `times`: calendar times `(B, nt)` (ascending, from 0 to the last step before maturity) at
-      which the free boundary is recorded.
-    - `lower_edge`, `upper_edge`: `(B, nt)` in PDE units: the end of an exercise region that
+    - `times`: calendar times `(B, n_steps)` (ascending, from 0 to the last step before
+      maturity) at which the free boundary is recorded; n_steps = `stats["steps"]`, which is
+      `nt` on a uniform time grid and at most `nt` on the graded one (the default for American
+      exercise).
+    - `lower_edge`, `upper_edge`: `(B, n_steps)` in PDE units: the end of an exercise region that
       touches the left end of the domain (a put's S*) and the start of one touching the right end
       (a call's S*); NaN where there is none (or for non-exercise steps, e.g. Bermudan).
     - `side`: per problem, where the payoff says exercise happens: "left" (non-increasing payoff),
       "right" (non-decreasing) or "both".
     - `lcp`: the method used; `stats`: iteration counts.
-    - `history`: V at every recorded time `(B, nt, nx)` when `save_history=True`.
+    - `history`: V at every recorded time `(B, n_steps, nx)` when `save_history=True`.
     """
 
     problem: ObstacleProblem
@@ -79,7 +81,7 @@ class Result:
         payoff; for a call-like one the smallest. Between nodes it is located with the smooth-fit
         behaviour V - g ~ c (x - x*)^2: sqrt(V - g) is linear in x at the two continuation
         nodes next to the boundary. For a two-sided problem x* has shape `(B, nt, 2)`
-        (lower, upper).
+        (lower, upper), times `(B, n_steps)` as :attr:`times`.
         """
         if all(s == "both" for s in self.side):
             xs = torch.stack([self.lower_edge, self.upper_edge], dim=-1)
@@ -133,32 +135,86 @@ class Result:
         sec = 2.0 * (v0 / d0 + v1 / d1 + v2 / d2)
         return val, der, sec
 
-    def _smoothed_second(self, xq: Tensor, half: int = 4) -> Tensor:
-        """Second x-derivative at `xq` of the least-squares quadratic through the `2 half + 1`
-        nodes around it (fewer on tiny grids; the window slides inwards at the domain's ends).
+    def _exercised_now(self) -> Tensor | None:
+        """Nodes `(B, nx)` in the exercise set at t = 0 (V = g), or None when V(0, .) has no
+        exercise kink (European, or Bermudan without a date at 0)."""
+        if not (self.problem.exercise == "american" or (
+                self.problem.exercise == "bermudan" and 0.0 in self.problem.exercise_fractions)):
+            return None
+        t0 = torch.zeros(self.x.shape[0], 1, dtype=self.x.dtype, device=self.x.device)
+        g = self.problem.coefficient("payoff", t0, self.x)
+        tol = 1e-9 * (1.0 + g.abs().amax(dim=1, keepdim=True))
+        return self.values - g <= tol
+
+    def _side_mask(self, xq: Tensor) -> Tensor | None:
+        """Per query point, the nodes on its side of the exercise boundary at t = 0 `(B, m, nx)`
+        (None: no kink, every node). The side is the class (exercised or not) of the nearest
+        node, except in a cell that the boundary crosses, where the recorded boundary x*
+        (`lower_edge`, `upper_edge` at t = 0, when finite) decides."""
+        ex = self._exercised_now()
+        if ex is None or bool(ex.all()) or not bool(ex.any()):
+            return None
+        nx = self.x.shape[1]
+        idx = torch.searchsorted(self.x, xq.contiguous()).clamp(1, nx - 1)
+        left = torch.gather(self.x, 1, idx - 1)
+        right = torch.gather(self.x, 1, idx)
+        near = torch.where(xq - left < right - xq, idx - 1, idx)
+        cls = torch.gather(ex, 1, near)
+        ex_l, ex_r = torch.gather(ex, 1, idx - 1), torch.gather(ex, 1, idx)
+        mixed = ex_l != ex_r
+        lo_e, hi_e = self.lower_edge[:, :1], self.upper_edge[:, :1]
+        use_lo = mixed & ex_l & torch.isfinite(lo_e) & (lo_e >= left) & (lo_e <= right)
+        cls = torch.where(use_lo, xq <= lo_e, cls)
+        use_hi = mixed & ex_r & torch.isfinite(hi_e) & (hi_e >= left) & (hi_e <= right)
+        cls = torch.where(use_hi, xq >= hi_e, cls)
+        return ex.unsqueeze(1) == cls.unsqueeze(-1)
+
+    def _smoothed_derivatives(self, xq: Tensor, half: int = 4) -> tuple[Tensor, Tensor]:
+        """First and second x-derivatives at `xq` of the least-squares quadratic through the
+        `2 half + 1` nodes nearest to it on its side of the exercise boundary (fewer on tiny
+        grids or narrow regions).
 
         Where the free boundary has crossed nodes during the solve, V(0, .) carries a ripple of
         node-scale wavelength and size O(h^2): harmless for the value and delta, but O(1) in
         the 3-point second difference (a few percent of gamma on an American put, not shrinking
         as the grid is refined). Fitting over 9 nodes damps it about 30-fold; on smooth
         (European) values it adds a bias of O(h^2): 4e-5 relative at 800 nodes, 1.7e-4 at 400.
+        V_xx jumps at the exercise boundary (from g_xx to g_xx + 2 (rV - f - L g) / sigma^2),
+        so a window straddling it would blend the two sides: only nodes on the query's side are
+        used (continuation side: nodes not exercised at t = 0; exercise side: exercised nodes,
+        where V = g), the fit extrapolating across the last part of a cell if needed.
         """
         bsz, nx = self.x.shape
         half = max(1, min(half, (nx - 1) // 2))
         width = 2 * half + 1
-        idx = torch.searchsorted(self.x, xq.contiguous()).clamp(1, nx - 1)
-        left = torch.gather(self.x, 1, idx - 1)
-        right = torch.gather(self.x, 1, idx)
-        near = torch.where(xq - left < right - xq, idx - 1, idx)
-        start = (near - half).clamp(0, nx - width)
-        cols = (start.unsqueeze(-1) + torch.arange(width, device=xq.device)).reshape(bsz, -1)
-        dx = torch.gather(self.x, 1, cols).reshape(*xq.shape, width) - xq.unsqueeze(-1)
-        vs = torch.gather(self.values, 1, cols).reshape(*xq.shape, width, 1)
-        span = dx.abs().amax(dim=-1, keepdim=True)  # scaled abscissae: a well-conditioned fit
+        side = self._side_mask(xq)
+        if side is None:
+            idx = torch.searchsorted(self.x, xq.contiguous()).clamp(1, nx - 1)
+            left = torch.gather(self.x, 1, idx - 1)
+            right = torch.gather(self.x, 1, idx)
+            near = torch.where(xq - left < right - xq, idx - 1, idx)
+            start = (near - half).clamp(0, nx - width)
+            cols = start.unsqueeze(-1) + torch.arange(width, device=xq.device)
+            weight = torch.ones(cols.shape, dtype=self.x.dtype, device=xq.device)
+        else:
+            dist = (self.x.unsqueeze(1) - xq.unsqueeze(-1)).abs()
+            dist = torch.where(side, dist, torch.full_like(dist, float("inf")))
+            dsel, cols = torch.topk(dist, width, dim=-1, largest=False)
+            # nodes of the other side (only when the query's side has fewer than `width`) get
+            # weight 0; at least 3 same-side nodes exist unless the region is tiny, in which
+            # case every node of the window is kept
+            weight = torch.isfinite(dsel).to(self.x.dtype)
+            few = weight.sum(-1, keepdim=True) < 3
+            weight = torch.where(few, torch.ones_like(weight), weight)
+        m = xq.shape[1]
+        flat = cols.reshape(bsz, -1)
+        dx = torch.gather(self.x, 1, flat).reshape(bsz, m, width) - xq.unsqueeze(-1)
+        vs = torch.gather(self.values, 1, flat).reshape(bsz, m, width, 1)
+        span = (dx.abs() * weight).amax(dim=-1, keepdim=True)  # scaled: well conditioned
         u = dx / span
-        design = torch.stack([torch.ones_like(u), u, u * u], dim=-1)
-        coef = torch.linalg.lstsq(design, vs).solution[..., 0]
-        return 2.0 * coef[..., 2] / (span[..., 0] * span[..., 0])
+        design = torch.stack([torch.ones_like(u), u, u * u], dim=-1) * weight.unsqueeze(-1)
+        coef = torch.linalg.lstsq(design, vs * weight.unsqueeze(-1)).solution[..., 0]
+        return coef[..., 1] / span[..., 0], 2.0 * coef[..., 2] / (span[..., 0] * span[..., 0])
 
     def _shape(self, out: Tensor, scalar: bool, squeeze_b: bool) -> Tensor:
         if scalar:
@@ -187,14 +243,15 @@ class Result:
     def gamma_at(self, state) -> Tensor:
         """d²V/dstate² at t = 0 (for Black–Scholes (V_xx - V_x) / S²).
 
-        V_xx comes from a least-squares quadratic over the 9 nearest nodes rather than the
-        3-point stencil of :meth:`value_at`: an American value carries a node-scale ripple left
-        by the free boundary's crossing of nodes, which the 3-point second difference turns into
-        an error of a few percent (2.6 % on the S = 36 put at any grid size).
+        V_x and V_xx come from a least-squares quadratic over the 9 nearest nodes on the point's
+        side of the exercise boundary at t = 0 rather than the 3-point stencil of
+        :meth:`value_at`: an American value carries a node-scale ripple left by the free
+        boundary's crossing of nodes, which the 3-point second difference turns into an error of
+        a few percent (2.6 % on the S = 36 put at any grid size), and gamma jumps at the boundary
+        (for a put from 0 to 2rK/(sigma^2 S*^2)), which a window straddling it would smear.
         """
         xq, sc, sq = self._query(state)
-        _, der, _ = self._local(xq)
-        sec = self._smoothed_second(xq)
+        der, sec = self._smoothed_derivatives(xq)
         if self.problem.transform == "log":
             sec = (sec - der) / torch.exp(2.0 * xq)
         return self._shape(sec, sc, sq)
@@ -333,9 +390,11 @@ def solve(problem: ObstacleProblem, nx: int = 800, nt: int = 200, lcp: str = "br
     - `nx`, `nt`: number of nodes (>= 3, boundaries included) and of time steps (>= 3).
     - `lcp`: `"brennan-schwartz"` (single exercise boundary; the sweep direction follows the
       payoff: non-increasing = put-like, non-decreasing = call-like, otherwise ValueError),
-      `"psor"` (general, iterative to `psor_tol`), `"policy"` (general, exact: Howard's policy
-      iteration) or `"projection"` (linear solve then max(V, g): the *first-order* baseline that
-      explicit-exercise engines such as QuantLib's FD engine use; kept for comparison).
+      `"psor"` (general, iterative: per problem, to an LCP residual of `psor_tol` times
+      max(1, |V|, |g|); see :func:`~solvers.freeboundary.lcp.psor`), `"policy"` (general,
+      exact: Howard's policy iteration) or `"projection"` (linear solve then max(V, g): the
+      *first-order* baseline that explicit-exercise engines such as QuantLib's FD engine use;
+      kept for comparison).
     - `theta`: in [0.5, 1]; 0.5 is Crank–Nicolson, 1 fully implicit (smaller values are only
       conditionally stable and are refused).
     - `rannacher_steps`: implicit half steps at the start (even; 4 = two full steps split into

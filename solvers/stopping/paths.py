@@ -145,8 +145,8 @@ class GeometricBrownianMotion(PathSimulator):
     exactly in log space on the grid `times` (the process starts at `spot` at time 0; if
     `times[0] > 0` the first observation is already random).
 
-    **Arguments:** `spot` (scalar or `(dim,)`, positive); `rate`; `vol` (scalar or `(dim,)`,
-    positive); `times` `(n_times,)` strictly increasing, `>= 0`; `dividend` (scalar or
+    **Arguments:** `spot` (scalar or `(dim,)`, positive); `rate` (a scalar); `vol` (scalar or
+    `(dim,)`, positive); `times` `(n_times,)` strictly increasing, `>= 0`; `dividend` (scalar or
     `(dim,)`); `corr` `(dim, dim)` correlation matrix (default identity); `dim` (when every
     parameter is a scalar); `dtype`, `device`.
     """
@@ -178,6 +178,9 @@ class GeometricBrownianMotion(PathSimulator):
             raise ValueError(f"{who}: spot must be positive, got {self.spot.tolist()}")
         if not (self.vol > 0).all():
             raise ValueError(f"{who}: vol must be positive, got {self.vol.tolist()}")
+        if torch.as_tensor(rate).numel() != 1:
+            raise ValueError(f"{who}: rate must be a scalar (one short rate shared by all "
+                             f"assets), got shape {tuple(torch.as_tensor(rate).shape)}")
         self.rate = float(rate)
         if not math.isfinite(self.rate):
             raise ValueError(f"{who}: rate must be finite, got {rate}")
