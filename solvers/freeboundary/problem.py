@@ -317,7 +317,9 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
         short = (x_min > need_lo + 1e-12) | (x_max < need_hi - 1e-12)
         if bool(short.any()):
             j = int(short.reshape(-1).nonzero()[0, 0]) if short.dim() else 0
-            pick = (lambda v: float(v.reshape(-1)[j]) if v.numel() > 1 else float(v))
+            def pick(v):
+                return float(v.reshape(-1)[j]) if v.numel() > 1 else float(v)
+
             raise ValueError(
                 f"spot_range {spot_range} does not cover the region where the far-field boundary "
                 f"values are not exact: it must contain K exp(-m) .. K exp(m) with "
