@@ -160,7 +160,16 @@ def load_state_dict(model: nn.Module, source, strict: bool = True):
     if isinstance(source, (str, os.PathLike)):
         source = load(source)
     sd = _extract_state_dict(source)
-    missing, unexpected, mismatched = compare_state_dicts(model.state_dict(), sd)
+    expected = dict(model.state_dict())
+    # buffers that are None until fitted (e.g. FreeBoundaryRule's) take the incoming shapes
+    # (all of a module's or none: one given makes the others missing)
+    for name, mod in model.named_modules():
+        lazy = [b for b in getattr(mod, "_lazy_buffers", ()) if mod._buffers.get(b) is None]
+        keys = [f"{name}.{b}" if name else b for b in lazy]
+        if any(k in sd for k in keys):
+            for k in keys:
+                expected.setdefault(k, sd[k] if k in sd else torch.empty(0))
+    missing, unexpected, mismatched = compare_state_dicts(expected, sd)
     problems = []
     not_tensors = [f"{k} ({type(v).__name__})" for k, v in sd.items() if not isinstance(v, Tensor)]
     if not_tensors:  # torch would copy the other keys first and then fail: a half-loaded model
