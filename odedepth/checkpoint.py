@@ -2,7 +2,9 @@
 
 - :func:`save` writes to a temporary file in the target directory, flushes it to disk and
   renames it over the target (``os.replace`` is atomic on POSIX and Windows), so a crash or a
-  full disk never leaves a half-written checkpoint under the final name.
+  full disk never leaves a half-written checkpoint under the final name. The file keeps the
+  mode of the one it replaces (else ``0o666 & ~umask``), and a symbolic link is written through
+  to its target, so the link stays.
 - :func:`load` turns the many ways a file can be unreadable (truncated zip, not a torch file,
   pickled code refused by ``weights_only``) into one :class:`CheckpointError` naming the file.
 - :func:`load_state_dict` checks keys and shapes before touching the model and reports every
@@ -34,25 +36,51 @@ def save(obj, path: str | os.PathLike) -> None:
     **Arguments:** `obj`: anything ``torch.save`` accepts; `path`: destination file (its
     directory must exist).
 
+    The new file keeps the permission bits of the file it replaces, or gets
+    ``0o666 & ~umask`` (what ``open()`` would give) when there was none. When `path` is a
+    symbolic link (e.g. ``latest.pt -> run3.pt``) the file it points to is replaced and the link
+    stays.
+
     **Raises:** `FileNotFoundError` if the directory does not exist; the original exception if
     serialisation fails (the destination is then untouched and no temporary file is left).
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    # write through symbolic links (also chains and dangling ones) to the file they name
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"checkpoint.save: directory {directory!r} does not exist")
+    try:
+        mode = os.stat(target).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)  # mkstemp creates 0o600
+        os.replace(tmp, target)
     except BaseException:
         # Never leave the temporary behind, whatever went wrong (KeyboardInterrupt included).
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not atomic across threads)
+    os.umask(mask)
+    return mask
 
 
 def load(path: str | os.PathLike, map_location="cpu", weights_only: bool = True):
@@ -132,7 +160,16 @@ def load_state_dict(model: nn.Module, source, strict: bool = True):
     if isinstance(source, (str, os.PathLike)):
         source = load(source)
     sd = _extract_state_dict(source)
-    missing, unexpected, mismatched = compare_state_dicts(model.state_dict(), sd)
+    expected = dict(model.state_dict())
+    # buffers that are None until fitted (e.g. FreeBoundaryRule's) take the incoming shapes
+    # (all of a module's or none: one given makes the others missing)
+    for name, mod in model.named_modules():
+        lazy = [b for b in getattr(mod, "_lazy_buffers", ()) if mod._buffers.get(b) is None]
+        keys = [f"{name}.{b}" if name else b for b in lazy]
+        if any(k in sd for k in keys):
+            for k in keys:
+                expected.setdefault(k, sd[k] if k in sd else torch.empty(0))
+    missing, unexpected, mismatched = compare_state_dicts(expected, sd)
     problems = []
     not_tensors = [f"{k} ({type(v).__name__})" for k, v in sd.items() if not isinstance(v, Tensor)]
     if not_tensors:  # torch would copy the other keys first and then fail: a half-loaded model

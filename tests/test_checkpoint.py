@@ -1,5 +1,8 @@
 """odedepth.checkpoint: atomic saves, clear errors on corrupt files, missing keys, shapes."""
 
+import os
+import stat
+
 import pytest
 import torch
 
@@ -90,3 +93,46 @@ def test_unsafe_pickles_are_refused_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="directory"):
         checkpoint.save({}, tmp_path / "missing_dir" / "x.pt")
 
+
+
+def test_save_keeps_the_mode_of_the_replaced_file(tmp_path):
+    p = tmp_path / "m.pt"
+    p.write_bytes(b"old")
+    os.chmod(p, 0o644)
+    checkpoint.save({"a": torch.ones(1)}, p)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o644
+    os.chmod(p, 0o640)
+    checkpoint.save({"a": torch.ones(2)}, p)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o640
+    assert checkpoint.load(p)["a"].shape == (2,)
+    assert [q.name for q in tmp_path.iterdir()] == ["m.pt"]  # no temporary left
+
+
+def test_new_file_gets_0666_minus_umask_like_open(tmp_path):
+    old = os.umask(0o027)
+    try:
+        checkpoint.save({"a": torch.ones(1)}, tmp_path / "new.pt")
+        with open(tmp_path / "ref", "w"):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "new.pt").st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(tmp_path / "ref").st_mode) == 0o640
+
+
+def test_save_writes_through_a_symlink_and_keeps_it(tmp_path):
+    real = tmp_path / "real.pt"
+    torch.save({"a": torch.zeros(1)}, real)
+    os.chmod(real, 0o644)
+    link = tmp_path / "latest.pt"
+    os.symlink("real.pt", link)  # relative, as `ln -s real.pt latest.pt` makes it
+    checkpoint.save({"a": torch.ones(1)}, link)
+    assert os.path.islink(link) and os.readlink(link) == "real.pt"
+    assert checkpoint.load(real)["a"].item() == 1.0
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o644
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["latest.pt", "real.pt"]
+    # a dangling link: the file it names is created
+    os.symlink("future.pt", tmp_path / "next.pt")
+    checkpoint.save({"a": torch.full((1,), 2.0)}, tmp_path / "next.pt")
+    assert os.path.islink(tmp_path / "next.pt")
+    assert checkpoint.load(tmp_path / "future.pt")["a"].item() == 2.0

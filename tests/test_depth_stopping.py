@@ -439,3 +439,45 @@ def test_bad_inputs_raise_clear_errors():
         ODEBlock(Decay(), t1=1.0).solve(torch.ones(2, 1), stop=Patience(2))
     with pytest.raises(ValueError, match="init_stop"):
         EventBoundaryRule(feats, init_stop=0.0)
+
+
+def test_fitted_free_boundary_rule_reloads_into_a_fresh_instance(tmp_path):
+    """A fresh FreeBoundaryRule loaded from a fitted one's state_dict (directly, through
+    odedepth.checkpoint and a file, and nested in a module) scores and halts identically."""
+    from odedepth import checkpoint as ck
+
+    torch.manual_seed(0)
+    make = lambda: FreeBoundaryRule(RuleFeatures("confidence"), cost=0.1)  # noqa: E731
+    fitted = make().fit(DepthTrajectory(depths=torch.linspace(0, 1, 5),
+                                        outputs=torch.randn(60, 5, 3) * 2), torch.randint(0, 3, (60,)))
+    ck.save(fitted.state_dict(), tmp_path / "fb.pt")
+    by_torch, by_ck, by_file = make(), make(), make()
+    by_torch.load_state_dict(fitted.state_dict())
+    ck.load_state_dict(by_ck, fitted.state_dict())
+    ck.load_state_dict(by_file, tmp_path / "fb.pt")
+    outer, outer2 = nn.ModuleDict({"rule": fitted}), nn.ModuleDict({"rule": make()})
+    ck.load_state_dict(outer2, outer.state_dict())
+    loaded = [by_torch, by_ck, by_file, outer2["rule"]]
+
+    t = torch.rand(40)
+    logits = torch.randn(40, 3) * 2
+    ref = fitted.score(t, None, logits)
+    block, head = ODEBlock(MLPField(3, 8), rtol=1e-6, atol=1e-8), nn.Linear(3, 3)
+    h0 = torch.randn(16, 3) * 2
+    with torch.no_grad():
+        sol_ref = block.solve(h0, stop=fitted, head=head)
+        for r in loaded:
+            for k in ("grid", "coef", "shift", "scale"):
+                assert torch.equal(getattr(r, k), getattr(fitted, k))
+            assert torch.equal(r.score(t, None, logits), ref)
+            sol = block.solve(h0, stop=r, head=head)
+            assert torch.equal(sol.t, sol_ref.t) and torch.equal(sol.halted, sol_ref.halted)
+
+    # half a fit is refused, naming what is missing; an unfitted state loads into an unfitted rule
+    partial = {k: v for k, v in fitted.state_dict().items() if k != "coef"}
+    with pytest.raises(RuntimeError, match=r"missing \['coef'\]"):
+        make().load_state_dict(partial)
+    with pytest.raises(ck.CheckpointError, match="missing keys.*coef"):
+        ck.load_state_dict(make(), partial)
+    make().load_state_dict(make().state_dict())
+    ck.load_state_dict(make(), make().state_dict())

@@ -16,7 +16,9 @@ rest of odedepth builds on:
 
 from __future__ import annotations
 
+import functools
 import math
+import types
 from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass
 
@@ -91,6 +93,16 @@ class ODEBlock(nn.Module):
     - `method`, `rtol`, `atol`, `dt`, `max_steps`: passed to the solver (`dt` for fixed-step
       methods such as `"rk4"`, or the first step of adaptive ones).
     - `adjoint`: backpropagate with the adjoint method (memory O(1) in the number of steps).
+      The adjoint differentiates every tensor requiring grad that the dynamics reach: the
+      parameters of the field, of `head`, of the stopping rule and of the augmentation, and of
+      any module or tensor reachable from them through attributes, containers, bound methods,
+      ``functools.partial`` and the closures, defaults and named globals of plain functions
+      (e.g. a learnable `FlowObjective(stage_weight=module)` or a module `loss_fn`). Pass
+      `adjoint_options={"adjoint_params": [...]}` to `solve` to list them yourself. A solve
+      with a stopping rule (`stop`) always backpropagates through the solver instead, also
+      when `adjoint=True` (the adjoint has no gradients through event times): halting trains
+      with backpropagation's memory, and halts at inference (e.g. under ``torch.no_grad()``)
+      exactly as a block with `adjoint=False`.
     - `event_tol`: absolute tolerance on stopping times located by events (default: the
       solver's, a few machine epsilons); e.g. 1e-4 T saves root-finding iterations at inference.
 
@@ -142,9 +154,15 @@ class ODEBlock(nn.Module):
         - `args`: tuple of per-sample tensors `(batch, ...)` handed to `aug` (e.g. labels).
         - `count_checkpoint_nfe`: record the evaluations made up to each checkpoint.
         - `solver_kw`: overrides of `method`, `rtol`, `atol`, `dt`, `max_steps`, `adjoint`,
-          `event_tol` (and `adjoint_options` for the solver's adjoint).
+          `event_tol` (and `adjoint_options` for the solver's adjoint; both are ignored when
+          `stop` is given, see the class docstring).
 
-        **Returns:** a :class:`FlowSolution`.
+        **Returns:** a :class:`FlowSolution`. An empty batch (`h0` of shape `(0, *state)`)
+        gives a solution whose per-sample fields are empty, without calling the solver.
+
+        **Raises:** `ValueError` for malformed inputs, and when the stopping score at t = 0 is
+        not finite (NaN or inf) for some samples (e.g. a rule whose weights diverged), naming
+        them: such a score would otherwise read as a halt at tau = 0.
         """
         if not isinstance(h0, Tensor) or h0.dim() < 2 or not h0.is_floating_point():
             raise ValueError("ODEBlock.solve: h0 must be a floating tensor of shape "
@@ -183,11 +201,18 @@ class ODEBlock(nn.Module):
         if unknown:
             raise ValueError(f"ODEBlock.solve: unknown solver options {sorted(unknown)}")
         opts.update(solver_kw)
-        if opts["adjoint"] and "adjoint_options" not in opts:
-            # f below is a closure, so the adjoint must be told which parameters it depends on
-            opts["adjoint_options"] = {"adjoint_params": _parameters(
-                self.field, head, stop, aug, getattr(aug, "head", None),
-                getattr(aug, "rule", None))}
+        if stop is not None and opts["adjoint"]:
+            # the solver's adjoint has no event gradients: halting backpropagates through the
+            # solver (with grad off nothing is backpropagated, so this only lifts the refusal)
+            opts["adjoint"] = False
+            opts.pop("adjoint_options", None)
+        elif not opts["adjoint"]:
+            opts.pop("adjoint_options", None)
+        elif "adjoint_options" not in opts:
+            # f below is a closure, so the adjoint must be told which tensors it depends on:
+            # everything requiring grad reachable from the objects the dynamics call
+            opts["adjoint_options"] = {"adjoint_params": _reachable_grad_tensors(
+                self.field, head, stop, aug)}
 
         def unpack(y):
             if not packed:
@@ -241,12 +266,25 @@ class ODEBlock(nn.Module):
         idx_all = torch.arange(b, device=h0.device)
         extra = (idx_all,) + args
 
+        if b == 0:
+            return self._empty_solution(y0, unpack, state_shape, t_eval, event is not None,
+                                        count_checkpoint_nfe)
+
         # Samples whose score is already >= 0 at t = 0 stop there without integrating; the
         # solver only sees the others (an event needs a sign change to be located).
         active = torch.ones(b, dtype=torch.bool, device=h0.device)
         if event is not None:
             with torch.no_grad():
-                active = g(torch.zeros(b, dtype=h0.dtype, device=h0.device), y0) < 0
+                s0 = g(torch.zeros(b, dtype=h0.dtype, device=h0.device), y0)
+            bad = ~torch.isfinite(s0)
+            if bad.any():
+                which = bad.nonzero().squeeze(1).tolist()
+                shown = ", ".join(map(str, which[:10])) + (" ..." if len(which) > 10 else "")
+                raise ValueError(
+                    f"ODEBlock.solve: the stopping score of {type(stop).__name__} at t=0 is not "
+                    f"finite (NaN or inf) for {len(which)} of {b} samples (indices {shown}); "
+                    "check the rule's parameters (e.g. after a diverged update) and its inputs")
+            active = s0 < 0
         sel = active.nonzero().squeeze(1)
 
         out_y = y0.clone() if not active.all() else None
@@ -295,6 +333,29 @@ class ODEBlock(nn.Module):
                             aug=a_end, t_eval=t_eval, hs=hs, augs=augs, checkpoint_nfe=cp_nfe)
 
     # ------------------------------------------------------------------------ helpers
+    def _empty_solution(self, y0, unpack, state_shape, t_eval, has_event: bool,
+                        count_checkpoint_nfe: bool) -> FlowSolution:
+        """The solution of an empty batch: every per-sample field with batch size 0."""
+        dev = y0.device
+        h, a = unpack(y0.clone())
+        none_long = torch.zeros(0, dtype=torch.long, device=dev)
+        stats = {k: none_long.clone() for k in ("nfe", "n_steps", "n_accepted", "n_rejected")}
+        if has_event:
+            stats["event_mask"] = torch.zeros(0, dtype=torch.bool, device=dev)
+        hs = augs = cp_nfe = None
+        if t_eval is not None:
+            n = len(t_eval)
+            hs = y0.new_zeros(0, n, *state_shape)
+            augs = None if a is None else y0.new_zeros(0, n, a.shape[1])
+            if count_checkpoint_nfe:
+                cp_nfe = torch.zeros(0, n, device=dev)
+        self.last_nfe = float("nan")
+        self.last_stats = stats
+        return FlowSolution(h=h, t=y0.new_zeros(0), halted=torch.zeros(0, dtype=torch.bool,
+                                                                       device=dev),
+                            nfe=none_long, status=none_long.clone(), stats=stats, aug=a,
+                            t_eval=t_eval, hs=hs, augs=augs, checkpoint_nfe=cp_nfe)
+
     def _horizon(self, t1, ref: Tensor) -> Tensor:
         if t1 is None:
             return torch.tensor(self.t1, dtype=ref.dtype, device=ref.device)
@@ -347,16 +408,87 @@ def trajectory_from_solution(sol: FlowSolution, head: nn.Module, *,
                            valid=valid)
 
 
-def _parameters(*objs) -> tuple:
-    """Parameters requiring grad of the modules among `objs`, each once."""
-    seen, out = set(), []
-    for o in objs:
+_ATOMS = (str, bytes, int, float, complex, bool, type(None), type, types.ModuleType,
+          types.BuiltinFunctionType, torch.dtype, torch.device)
+
+
+def _reachable_grad_tensors(*objs) -> tuple:
+    """Tensors requiring grad that calling `objs` can use, each once, in a fixed order.
+
+    Walks the parameters of every :class:`nn.Module`, and from any object (modules included)
+    its attributes, the items of lists, tuples, sets and dicts, bound methods (their object),
+    ``functools.partial`` (function, arguments) and plain functions (closure cells, defaults and
+    the globals their code names, also of nested functions), so that e.g. an augmentation
+    holding a learnable stage weight gamma(t) or a module `loss_fn` hands the adjoint their
+    parameters. Classes, python modules and builtins are not entered.
+    """
+    seen, seen_t, out = set(), set(), []
+
+    def add(t):
+        if t.requires_grad and id(t) not in seen_t:
+            seen_t.add(id(t))
+            out.append(t)
+
+    def code_names(code):
+        names = list(code.co_names)
+        for c in code.co_consts:
+            if isinstance(c, types.CodeType):
+                names += code_names(c)
+        return names
+
+    def visit(o, depth=0):
+        if isinstance(o, _ATOMS) or id(o) in seen or depth > 50:
+            return
+        seen.add(id(o))
+        if isinstance(o, Tensor):
+            add(o)
+            return
+        if not isinstance(o, nn.Module) and _from_torch(o):
+            return  # torch's own functions and objects (e.g. F.cross_entropy) hold no weights
         if isinstance(o, nn.Module):
             for p in o.parameters():
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    out.append(p)
+                add(p)
+        children = []
+        if isinstance(o, (list, tuple, set, frozenset)):
+            children = list(o)
+        elif isinstance(o, dict):
+            children = list(o.values())
+        elif isinstance(o, types.MethodType):
+            children = [o.__self__, o.__func__]
+        elif isinstance(o, functools.partial):
+            children = [o.func, *o.args, *o.keywords.values()]
+        elif isinstance(o, types.FunctionType):
+            for cell in o.__closure__ or ():
+                try:
+                    children.append(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    pass
+            children += list(o.__defaults__ or ()) + list((o.__kwdefaults__ or {}).values())
+            glob = o.__globals__
+            children += [glob[n] for n in code_names(o.__code__) if n in glob]
+        if hasattr(o, "__dict__") and not isinstance(o, types.FunctionType):
+            d = vars(o)
+            if isinstance(o, nn.Module):  # parameters are done; submodules hold the rest
+                children += [v for k, v in d.items()
+                             if k not in ("_parameters", "_buffers", "_modules")]
+                children += list(d.get("_modules", {}).values())
+            else:
+                children += list(d.values())
+        for slot in getattr(type(o), "__slots__", ()):
+            if isinstance(slot, str) and hasattr(o, slot):
+                children.append(getattr(o, slot))
+        for c in children:
+            visit(c, depth + 1)
+
+    for o in objs:
+        visit(o)
     return tuple(out)
+
+
+def _from_torch(o) -> bool:
+    mod = getattr(o, "__module__", None) if isinstance(o, types.FunctionType) else \
+        type(o).__module__
+    return isinstance(mod, str) and (mod == "torch" or mod.startswith("torch."))
 
 
 def _checkpoint_counts(calls, t_eval: Tensor, b: int, device) -> Tensor:

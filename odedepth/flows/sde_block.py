@@ -117,7 +117,8 @@ class SDEBlock(nn.Module):
           each sample stops after the first step where its score is >= 0.
         - `head`: maps states to logits for rules that read the prediction.
         - `generator`: random source of the Brownian increments (euler backend).
-        - `t_eval`: checkpoints for the path (torchsde backend).
+        - `t_eval`: checkpoints for the path (torchsde backend only: the euler backend raises
+          `ValueError` rather than return no path).
         """
         if not isinstance(h0, Tensor) or h0.dim() < 2 or not h0.is_floating_point():
             raise ValueError("SDEBlock.solve: h0 must be a floating tensor (batch, *state)")
@@ -132,6 +133,10 @@ class SDEBlock(nn.Module):
             if stop is not None:
                 raise ValueError("SDEBlock: per-sample stopping needs backend='euler'")
             return self._torchsde(h0, dt, t_eval)
+        if t_eval is not None:
+            raise ValueError("SDEBlock.solve: t_eval (checkpoints of the path) is supported by "
+                             "backend='torchsde' only; the 'euler' backend returns the end "
+                             "states (use backend='torchsde', or call solve without t_eval)")
         if stop is not None and not getattr(stop, "memoryless", True):
             raise ValueError(f"SDEBlock: {type(stop).__name__} depends on history and cannot "
                              "stop a path online")

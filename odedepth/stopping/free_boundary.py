@@ -56,7 +56,10 @@ class FreeBoundaryRule(StoppingRule):
     - `ridge`: relative Tikhonov weight of the regressions.
     - `margin`: stop where C - q >= margin (0: the boundary itself).
 
-    Call :meth:`fit` on training trajectories before use.
+    Call :meth:`fit` on training trajectories before use. A fitted rule's `state_dict` (the
+    checkpoints `grid`, regression coefficients `coef` and standardisation `shift`, `scale`)
+    loads into a fresh instance built with the same arguments, with
+    ``nn.Module.load_state_dict`` or :func:`odedepth.checkpoint.load_state_dict`.
     """
 
     def __init__(self, features: RuleFeatures, cost: float, stage_weight: float = 0.0,
@@ -75,8 +78,30 @@ class FreeBoundaryRule(StoppingRule):
         self.basis, self.ridge, self.margin = basis, float(ridge), float(margin)
         self.fit_result = None
         self._monomials = None
-        for name in ("grid", "coef", "shift", "scale"):
+        for name in self._lazy_buffers:
             self.register_buffer(name, None)
+
+    #: buffers that are None until :meth:`fit` (or a load) sizes them from the data
+    _lazy_buffers = ("grid", "coef", "shift", "scale")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Load a fitted rule into a fresh one: the fit's buffers are allocated with the
+        incoming shapes and dtypes before the usual copy (all four or none)."""
+        given = [n for n in self._lazy_buffers if prefix + n in state_dict]
+        if given and len(given) < len(self._lazy_buffers):
+            absent = [prefix + n for n in self._lazy_buffers if n not in given]
+            error_msgs.append(f"FreeBoundaryRule: a fitted state needs all of "
+                              f"{list(self._lazy_buffers)}; missing {absent}")
+            return
+        for n in given:
+            v = state_dict[prefix + n]
+            if self._buffers.get(n) is None and isinstance(v, Tensor):
+                self._buffers[n] = torch.empty_like(v)
+        if given:
+            self._monomials = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     # ------------------------------------------------------------------------------ fitting
     def _x(self, depth, state, logits) -> Tensor:
