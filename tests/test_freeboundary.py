@@ -382,6 +382,17 @@ def test_spot_range_must_cover_the_strike_region():
     assert ref.item() == pytest.approx(0.0964, abs=1e-3)
 
 
+def test_width_must_reach_the_strike_region():
+    # The same minimum for `width` (ln K -+ width): m = 3 sigma sqrt(T) + |r| T = 0.65 here.
+    # width 0.3 put the far-field values inside the time-value region: a wrong price, silently.
+    with pytest.raises(ValueError, match=r"width 0.3 is narrower .* here 0.65"):
+        fb.black_scholes("put", 100.0, 0.05, 0.2, 1.0, width=0.3)
+    ref = fb.solve(fb.black_scholes("put", 100.0, 0.05, 0.2, 1.0), 800, 200).value_at(100.0)
+    got = fb.solve(fb.black_scholes("put", 100.0, 0.05, 0.2, 1.0, width=0.66), 800,
+                   200).value_at(100.0)
+    assert got.item() == pytest.approx(ref.item(), abs=2e-3)
+
+
 def test_result_times_has_one_column_per_step_taken():
     # Result.times / edges are (B, stats["steps"]): fewer than nt on the graded (American) grid.
     res = fb.solve(fb.black_scholes("put", 40.0, 0.06, 0.2, 1.0), nx=100, nt=50)

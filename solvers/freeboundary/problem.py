@@ -257,7 +257,7 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
     - `exercise_dates`: Bermudan dates in [0, T] (calendar times; the maturity is always one, and
       0 means exercise is also allowed now).
     - `spot_range`: `(S_min, S_max)` of the grid; default ln K ± w with
-      w = max(5 sigma sqrt(T) + |r - q| T, 0.5) (or `width` if given) — wide enough that the
+      w = max(5 sigma sqrt(T) + |r - q| T, 0.5) (or `width` if given, at least m below) — wide enough that the
       far-field Dirichlet values below are accurate to far below 1e-6. A `spot_range` must
       contain K e^{-m} .. K e^{m}, m = min(3 sigma sqrt(T) + |r - q| T, 1), or ValueError: the
       far-field values are wrong near the strike (this is a minimum, not an accuracy
@@ -332,6 +332,13 @@ def black_scholes(kind: str = "put", strike=100.0, rate=0.05, vol=0.2, maturity=
             w = torch.as_tensor(width, **f64)
             if not bool(torch.isfinite(w).all()) or bool((w <= 0).any()):
                 raise ValueError(f"width must be positive and finite, got {width!r}")
+            # the same minimum as for spot_range: ln K +- w must reach m on both sides
+            m = torch.clamp(3.0 * s * torch.sqrt(T) + (r - q).abs() * T, max=1.0)
+            if bool((w < m - 1e-12).any()):
+                raise ValueError(
+                    f"width {width!r} is narrower than the region where the far-field boundary "
+                    f"values are not exact: it must be at least m = min(3 vol sqrt(T) + "
+                    f"|rate - dividend| T, 1), here {float(m.max()):.6g}")
         else:
             w = torch.clamp(5.0 * s * torch.sqrt(T) + (r - q).abs() * T, min=0.5)
         x_min, x_max, centre_k = torch.log(K) - w, torch.log(K) + w, torch.log(K)
