@@ -232,7 +232,7 @@ class DepthNet(nn.Module):
         if visit is not None and self._has_stem_exit(plan):
             h = exit_here(h, -1, None, len(plan) == 0)
         for i, step in enumerate(plan):
-            if h.shape[0] == 0:
+            if h.shape[0] == 0 and x.shape[0]:  # every sample has left at an exit
                 return h
             if step.calib_start:
                 hb = h

@@ -81,6 +81,8 @@ class ResidualMLP(DepthNet):
         if int(dim) != dim or dim < 1 or not layers or any(n < 0 for n in layers):
             raise ValueError(f"ResidualMLP: need dim >= 1 and non-negative layers, got dim={dim}, "
                              f"layers={layers}")
+        if not 0.0 <= float(drop_path) < 1.0:
+            raise ValueError(f"ResidualMLP: drop_path must lie in [0, 1), got {drop_path}")
         if activation not in _ACTS:
             raise ValueError(f"ResidualMLP: activation must be one of {list(_ACTS)}, got "
                              f"{activation!r}")

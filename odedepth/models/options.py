@@ -145,7 +145,8 @@ def parse_configuration(config, n_stages: int) -> list[bool]:
         raise ValueError(f"configure: expected {n_stages} flags (one per stage), got {len(config)}")
     out = []
     for c in config:
-        if isinstance(c, (bool, int)) and c in (0, 1):
+        # bools, 0/1 and 0.0/1.0 (a float 0-1 tensor's items, as gate samplers give)
+        if isinstance(c, (bool, int, float)) and c in (0, 1):
             out.append(bool(c))
         else:
             raise ValueError(f"configure: flags must be booleans or 0/1, got {c!r}")

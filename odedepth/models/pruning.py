@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .base import DepthNet
+from .layers import BranchScale
 from .mlp import ResidualMLP
 from .registry import create_model
 from .resnet import ResNet, ShortcutOnly
@@ -99,6 +100,12 @@ def prune_blocks(model: DepthNet, threshold: float = 1e-3) -> DepthNet:
         shortcut_only.append(so)
 
     config = dict(model.config)
+    if isinstance(config.get("branch_scale"), str):
+        # "1/L" and "1/sqrt(L)" were resolved for the unpruned depth: keep that value (a
+        # rebuilt config would resolve them for the pruned depth and change every kept block)
+        fixed = {m.alpha for m in model.modules() if isinstance(m, BranchScale) and not m.learnable}
+        if len(fixed) == 1:
+            config["branch_scale"] = fixed.pop()
     if isinstance(model, ResNet):
         config.update(layers=layers, shortcut_only=shortcut_only if any(shortcut_only) else None)
     elif isinstance(model, ResidualMLP):

@@ -134,6 +134,8 @@ class VisionTransformer(DepthNet):
                        ("num_heads", num_heads), ("gate_groups", gate_groups)):
             if isinstance(v, bool) or int(v) != v or v < 1:
                 raise ValueError(f"VisionTransformer: {arg} must be a positive integer, got {v!r}")
+        if not 0.0 <= float(drop_path) < 1.0:
+            raise ValueError(f"VisionTransformer: drop_path must lie in [0, 1), got {drop_path}")
         if img_size % patch_size:
             raise ValueError(f"VisionTransformer: img_size {img_size} is not a multiple of "
                              f"patch_size {patch_size}")
