@@ -6,14 +6,13 @@
 - :func:`plot_accuracy_vs_depth`: accuracy against mean horizon and against mean NFE, rules as
   points and (optionally) the fixed-horizon curve.
 
-Every function writes its figure atomically (temporary file, then rename) when given a `path`,
-and returns the figure.
+Every function writes its figure atomically (temporary file, fsync, then rename; the mode of a
+replaced file is kept, else ``0o666 & ~umask``) when given a `path`, and returns the figure.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -33,20 +32,24 @@ def _np(x) -> np.ndarray:
 
 
 def save_figure(fig, path) -> str:
-    """Save `fig` to `path` atomically (the suffix picks the format); returns the path."""
+    """Save `fig` to `path` atomically (the suffix picks the format, `.png` when there is none);
+    returns the path.
+
+    Written by :func:`odedepth.checkpoint.atomic_write`: a temporary file in the same folder,
+    fsynced and renamed over `path`; the file keeps the mode of the one it replaces, else gets
+    ``0o666 & ~umask``.
+
+    **Raises:** `ValueError` if the folder does not exist or matplotlib does not know the format.
+    """
+    from .checkpoint import atomic_write
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"save_figure: folder {folder!r} does not exist")
     suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix, prefix=".tmp-")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: fig.savefig(f, format=suffix[1:], dpi=120, bbox_inches="tight"),
+                 suffix=suffix, caller="save_figure")
     return path
 
 

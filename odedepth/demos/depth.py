@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -210,14 +209,9 @@ def _check_out(out) -> str:
 
 
 def _write_atomic(path: str, text: str):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from ..checkpoint import atomic_write
+
+    atomic_write(path, lambda fh: fh.write(text), binary=False, caller="demo")
 
 
 def format_table(results: dict, horizon: float) -> str:
