@@ -1,9 +1,11 @@
-"""odedepth.plots: file modes of saved figures (and of the demo's text outputs)."""
+"""odedepth.plots: file modes of saved figures and clear errors for empty input."""
 
 import os
 import stat
 
+import numpy as np
 import pytest
+import torch
 
 from odedepth import plots
 from odedepth.demos.depth import _write_atomic
@@ -56,3 +58,25 @@ def test_demo_text_outputs_get_umask_mode_and_keep_replaced_mode(tmp_path, umask
     assert stat.S_IMODE(os.stat(old).st_mode) == 0o644
     assert old.read_text() == '{"a": 1}'
     assert sorted(os.listdir(tmp_path)) == ["results.json", "results.md"]
+
+
+def test_plot_stopping_boundary_empty_batch_raises_clearly():
+    with pytest.raises(ValueError) as err:
+        plots.plot_stopping_boundary(torch.arange(3.0), torch.zeros(0, 3))
+    assert str(err.value) == ("plot_stopping_boundary: scores is empty (shape (0, 3)); need at "
+                              "least one sample and one depth")
+
+
+def test_plot_stopping_times_empty_without_horizon_raises_clearly():
+    with pytest.raises(ValueError) as err:
+        plots.plot_stopping_times({"a": []})
+    assert str(err.value) == ("plot_stopping_times: the stopping times of every rule ('a') are "
+                              "empty and no horizon was given; pass horizon= to draw an empty "
+                              "figure")
+    # with a horizon (or another rule with times) the range is known: an empty histogram
+    fig = plots.plot_stopping_times({"a": []}, horizon=1.0)
+    assert fig.axes[0].get_xlim()[1] >= 1.0
+    plots.plt.close(fig)
+    fig = plots.plot_stopping_times({"a": [], "b": np.array([0.25, 0.5])})
+    assert fig.axes[0].get_xlim()[1] >= 0.5
+    plots.plt.close(fig)
