@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import load_digits_split
+from ..data import check_seed, load_digits_split
 from ..flows import ContinuousDepthClassifier, MLPField, ODEBlock
 from ..losses import FlowObjective, flow_objective, sample_end_time, stopped_objective
 from ..stopping import (
@@ -233,19 +233,18 @@ def run(out="outputs/demo", quick: bool = False, seed: int = 0, config: DemoConf
 
     - `out`: output folder (created; must not be a file).
     - `quick`: a much shorter run for smoke tests (~15 s).
-    - `seed`: seed of the data split, the initialisation and the batches.
+    - `seed`: seed of the data split, the initialisation and the batches, an integer in
+      [0, 2**63).
     - `config`: a :class:`DemoConfig` overriding the defaults (`quick` then only shortens it).
     - `verbose`: print the table and a progress bar.
 
     **Returns:** `{"config", "rules": {name: metrics}, "train_seconds", "out"}`.
 
-    **Raises:** `ValueError` for a bad `out` or configuration.
+    **Raises:** `ValueError` for a bad `out`, seed or configuration, before `out` is created.
     """
     from tqdm.auto import tqdm
 
-    out = _check_out(out)
-    if int(seed) != seed:
-        raise ValueError(f"demo: seed must be an integer, got {seed!r}")
+    seed = check_seed(seed, "demo")  # every argument is checked before `out` is created
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
     if quick and config is not None:
         q = DemoConfig.quick()
@@ -253,6 +252,7 @@ def run(out="outputs/demo", quick: bool = False, seed: int = 0, config: DemoConf
                       event_steps=q.event_steps, repeats=1, train_subset=q.train_subset)
     if cfg.epochs < 1 or cfg.cost < 0 or not cfg.t1 > 0:
         raise ValueError(f"demo: bad configuration {cfg}")
+    out = _check_out(out)
     # Tiny matrices: one thread per process avoids the (large) cost of thread synchronisation,
     # which dominates on a shared 2-core machine.
     old_threads = torch.get_num_threads()
