@@ -94,3 +94,24 @@ def test_digits_split_bad_seed_is_named():
             load_digits_split(seed)
         assert str(err.value) == (f"load_digits_split: seed must be an integer in [0, 2**63), "
                                   f"got {seed!r}")
+
+
+def test_interrupted_demo_leaves_previous_outputs_intact_and_no_staging(tmp_path, monkeypatch):
+    from odedepth import plots
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    names = ["results.json", "results.md", "boundary_free.png", "boundary_event.png",
+             "stopping_times.png", "accuracy_vs_depth.png"]
+    for n in names:
+        (out / n).write_text(f"previous {n}")
+
+    def boom(*args, **kwargs):  # the third figure fails, after two were written
+        raise RuntimeError("disk full while drawing stopping_times.png")
+
+    monkeypatch.setattr(plots, "plot_stopping_times", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(out, quick=True, seed=1, verbose=False)
+    assert sorted(os.listdir(out)) == sorted(names)  # no staging folder, nothing new
+    for n in names:
+        assert (out / n).read_text() == f"previous {n}"
