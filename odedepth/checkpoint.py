@@ -4,7 +4,8 @@
   renames it over the target (``os.replace`` is atomic on POSIX and Windows), so a crash or a
   full disk never leaves a half-written checkpoint under the final name. The file keeps the
   mode of the one it replaces (else ``0o666 & ~umask``), and a symbolic link is written through
-  to its target, so the link stays.
+  to its target, so the link stays. :func:`atomic_write` (with :func:`file_mode`) is that
+  mechanism for any writer; figures and demo outputs use it too.
 - :func:`load` turns the many ways a file can be unreadable (truncated zip, not a torch file,
   pickled code refused by ``weights_only``) into one :class:`CheckpointError` naming the file.
 - :func:`load_state_dict` checks keys and shapes before touching the model and reports every
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["CheckpointError", "save", "load", "load_state_dict", "save_model", "load_model",
-           "compare_state_dicts"]
+           "compare_state_dicts", "atomic_write", "file_mode"]
 
 
 class CheckpointError(ValueError):
@@ -44,20 +45,40 @@ def save(obj, path: str | os.PathLike) -> None:
     **Raises:** `FileNotFoundError` if the directory does not exist; the original exception if
     serialisation fails (the destination is then untouched and no temporary file is left).
     """
+    atomic_write(path, lambda f: torch.save(obj, f), suffix=".pt", caller="checkpoint.save")
+
+
+def file_mode(path: str | os.PathLike) -> int:
+    """The permission bits a file written to `path` should get: those of the file it replaces
+    (followed through symbolic links), else ``0o666 & ~umask`` (what ``open()`` would give)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def atomic_write(path: str | os.PathLike, write, *, binary: bool = True, suffix: str = "",
+                 caller: str = "atomic_write") -> None:
+    """Write a file atomically: `write(f)` fills a temporary file in the target's directory,
+    which is flushed, fsynced, given :func:`file_mode` and renamed over `path`.
+
+    Used by :func:`save`, :func:`odedepth.plots.save_figure` and the demos. A symbolic link at
+    `path` is written through to the file it names. On any failure (KeyboardInterrupt included)
+    the destination is untouched and the temporary file is removed.
+
+    **Raises:** `FileNotFoundError` (prefixed with `caller`) if the directory does not exist.
+    """
     path = os.fspath(path)
     # write through symbolic links (also chains and dangling ones) to the file they name
     target = os.path.realpath(path) if os.path.islink(path) else path
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"checkpoint.save: directory {directory!r} does not exist")
+        raise FileNotFoundError(f"{caller}: directory {directory!r} does not exist")
+    mode = file_mode(target)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
-        mode = os.stat(target).st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # mkstemp creates 0o600

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["DigitsSplit", "load_digits_split"]
+__all__ = ["DigitsSplit", "load_digits_split", "check_seed"]
 
 
 @dataclass
@@ -38,25 +38,37 @@ class DigitsSplit:
         return 10
 
 
+def check_seed(seed, caller: str) -> int:
+    """`seed` as an int if it is an integer in [0, 2**63) (what numpy and torch both accept),
+    else `ValueError` naming `caller` and the seed."""
+    try:
+        ok = int(seed) == seed
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or not 0 <= int(seed) < 2**63:
+        raise ValueError(f"{caller}: seed must be an integer in [0, 2**63), got {seed!r}")
+    return int(seed)
+
+
 def load_digits_split(seed: int = 0, test_size: float = 0.2, dtype=torch.float32,
                       device=None) -> DigitsSplit:
     """scikit-learn's digits as standardised tensors, split into train and test.
 
     **Arguments:**
 
-    - `seed`: seed of the stratified split.
+    - `seed`: seed of the stratified split, an integer in [0, 2**63).
     - `test_size`: fraction in (0, 1) held out for testing.
     - `dtype`, `device`: of the feature tensors.
 
     **Returns:** a :class:`DigitsSplit`.
 
-    **Raises:** `ValueError` for a test size outside (0, 1); `ImportError` naming the missing
+    **Raises:** `ValueError` for a test size outside (0, 1) or a seed outside [0, 2**63) (naming
+    it); `ImportError` naming the missing
     package if scikit-learn is not installed (`pip install odedepth[data]`).
     """
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"load_digits_split: test_size must lie in (0, 1), got {test_size}")
-    if int(seed) != seed:
-        raise ValueError(f"load_digits_split: seed must be an integer, got {seed!r}")
+    check_seed(seed, "load_digits_split")
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - the data extra is missing

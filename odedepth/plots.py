@@ -6,14 +6,15 @@
 - :func:`plot_accuracy_vs_depth`: accuracy against mean horizon and against mean NFE, rules as
   points and (optionally) the fixed-horizon curve.
 
-Every function writes its figure atomically (temporary file, then rename) when given a `path`,
-and returns the figure.
+Every function writes its figure atomically (temporary file, fsync, then rename; the mode of a
+replaced file is kept, else ``0o666 & ~umask``) when given a `path`, and returns the figure.
+Empty input (no samples, no depths, or no stopping times and no `horizon`) raises `ValueError`
+naming the function and the empty argument rather than drawing an empty figure.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -33,20 +34,24 @@ def _np(x) -> np.ndarray:
 
 
 def save_figure(fig, path) -> str:
-    """Save `fig` to `path` atomically (the suffix picks the format); returns the path."""
+    """Save `fig` to `path` atomically (the suffix picks the format, `.png` when there is none);
+    returns the path.
+
+    Written by :func:`odedepth.checkpoint.atomic_write`: a temporary file in the same folder,
+    fsynced and renamed over `path`; the file keeps the mode of the one it replaces, else gets
+    ``0o666 & ~umask``.
+
+    **Raises:** `ValueError` if the folder does not exist or matplotlib does not know the format.
+    """
+    from .checkpoint import atomic_write
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"save_figure: folder {folder!r} does not exist")
     suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix, prefix=".tmp-")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: fig.savefig(f, format=suffix[1:], dpi=120, bbox_inches="tight"),
+                 suffix=suffix, caller="save_figure")
     return path
 
 
@@ -67,6 +72,9 @@ def plot_stopping_boundary(depths, scores, tau=None, *, path=None, title="stoppi
     if s.ndim != 2 or s.shape[1] != d.shape[0]:
         raise ValueError(f"plot_stopping_boundary: scores must be (batch, {d.shape[0]}), got "
                          f"{s.shape}")
+    if s.size == 0:
+        raise ValueError(f"plot_stopping_boundary: scores is empty (shape {s.shape}); need at "
+                         "least one sample and one depth")
     fig, ax = plt.subplots(figsize=(6, 4))
     m = min(max_paths, s.shape[0])
     ax.plot(d, s[:m].T, color="tab:blue", alpha=0.35, lw=1)
@@ -86,14 +94,30 @@ def plot_stopping_boundary(depths, scores, tau=None, *, path=None, title="stoppi
 
 def plot_stopping_times(taus: Mapping[str, Sequence[float]], *, horizon=None, path=None,
                         bins: int = 20):
-    """Overlaid histograms of stopping times, one per rule (`{name: (batch,) times}`)."""
+    """Overlaid histograms of stopping times, one per rule (`{name: (batch,) times}`).
+
+    The bins span `[0, horizon]`, or `[0, largest time]` without `horizon`. A rule with no
+    times draws nothing; without `horizon` at least one rule needs times.
+
+    **Raises:** `ValueError` for an empty mapping, or when every rule's times are empty and no
+    `horizon` is given (the range is then unknown).
+    """
     if not taus:
         raise ValueError("plot_stopping_times: no stopping times given")
+    arrays = {name: _np(v).reshape(-1) for name, v in taus.items()}
+    if horizon is None:
+        filled = [a for a in arrays.values() if a.size]
+        if not filled:
+            raise ValueError(f"plot_stopping_times: the stopping times of every rule "
+                             f"({', '.join(map(repr, arrays))}) are empty and no horizon was "
+                             "given; pass horizon= to draw an empty figure")
+        hi = max(float(np.max(a)) for a in filled)
+    else:
+        hi = horizon
     fig, ax = plt.subplots(figsize=(6, 4))
-    hi = horizon if horizon is not None else max(float(np.max(_np(v))) for v in taus.values())
     edges = np.linspace(0.0, max(hi, 1e-9), bins + 1)
-    for name, v in taus.items():
-        ax.hist(_np(v), bins=edges, alpha=0.45, label=name)
+    for name, v in arrays.items():
+        ax.hist(v, bins=edges, alpha=0.45, label=name)
     ax.set_xlabel("stopping time tau")
     ax.set_ylabel("samples")
     ax.set_title("stopping times")

@@ -182,6 +182,7 @@ def fit(
     amp: bool | None = None,
     grad_clip: float | None = None,
     checkpoint: str | None = None,
+    resume: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Train for `epochs`; evaluate after each epoch; optionally checkpoint.
@@ -195,11 +196,28 @@ def fit(
       is called each epoch when present.
     - `eval_loader`, `eval_configs`: evaluate each configuration string (or the current one).
     - `device`; `amp`: mixed precision (default: on for CUDA); `grad_clip`.
-    - `checkpoint`: a path; the model's state dict, optimizer state and history are saved
-      atomically after every epoch (:func:`odedepth.checkpoint.save`).
+    - `checkpoint`: a path; after every epoch the model's state dict, the optimizer, LR
+      scheduler and AMP scaler states, the RNG states (torch's global CPU generator, the CUDA
+      generator of `device`, and the `generator` of the loader and of its sampler), the number of
+      finished epochs, the run's configuration and the history are saved atomically
+      (:func:`odedepth.checkpoint.save`). Checked before training: its folder must exist and be
+      writable, and the path must not be a folder.
+    - `resume`: a checkpoint written by `fit` (often the same path as `checkpoint`); restores
+      all of the above and trains the remaining epochs, so that a run interrupted after epoch k
+      and resumed with the same arguments (same model class, loader, `epochs`, `schedule`, ...)
+      ends with the same parameters and history as an uninterrupted one (bit-identical on CPU;
+      timings differ). Not saved: state of `objective` / `step_fn` beyond `set_epoch` (e.g. an
+      objective's own generator), Python's and NumPy's global RNGs.
     - `log`: e.g. `print`.
 
-    **Returns:** the history, one dict per epoch (`"epoch"`, `"train"`, `"eval"`).
+    **Returns:** the history, one dict per epoch (`"epoch"`, `"train"`, `"eval"`); after
+    `resume`, the checkpoint's epochs followed by the new ones.
+
+    **Raises:** `ValueError` for bad arguments, a `checkpoint` that is a folder or in a folder
+    that is not writable; `FileNotFoundError` for a missing checkpoint folder or `resume` file;
+    :class:`odedepth.checkpoint.CheckpointError` (a `ValueError`) for a `resume` file that is
+    corrupt, not written by `fit`, or written for another configuration (naming what differs).
+    Nothing is trained or written when any of these is raised.
     """
     if int(epochs) != epochs or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs}")
@@ -208,9 +226,15 @@ def fit(
     if schedule not in (None, "cosine"):
         raise ValueError(f"fit: schedule must be 'cosine' or None, got {schedule!r}")
     if checkpoint is not None:  # fail now, not after the first epoch's training
-        folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+        checkpoint = os.fspath(checkpoint)
+        folder = os.path.dirname(os.path.abspath(checkpoint))
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"fit: checkpoint directory {folder!r} does not exist")
+        if os.path.isdir(checkpoint):
+            raise ValueError(f"fit: checkpoint {checkpoint!r} is a folder, not a file path")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"fit: checkpoint folder {folder!r} is not writable")
+    state = _load_resume(resume) if resume is not None else None
     dev = torch.device(device)
     model.to(dev)
     if optimizer is None:
@@ -225,8 +249,13 @@ def fit(
         except TypeError:
             raise ValueError("fit: the cosine schedule needs a loader with len()") from None
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * per_epoch)
-    history = []
-    for epoch in range(int(epochs)):
+    config = _run_config(model, train_loader, optimizer, epochs, schedule, use_amp, dev)
+    generators = _loader_generators(train_loader)
+    history, start = [], 0
+    if state is not None:
+        history, start = _restore(state, resume, config, model, optimizer, scheduler, scaler,
+                                  generators, dev)
+    for epoch in range(start, int(epochs)):
         if objective is not None and hasattr(objective, "set_epoch"):
             objective.set_epoch(epoch)
         sampler = getattr(train_loader, "sampler", None)
@@ -247,6 +276,91 @@ def fit(
         if checkpoint is not None:
             from .checkpoint import save
 
-            save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                  "history": history}, checkpoint)
+            save({"format": _FORMAT, "epoch": epoch + 1, "config": config,
+                  "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                  "scheduler": None if scheduler is None else scheduler.state_dict(),
+                  "scaler": None if scaler is None else scaler.state_dict(),
+                  "rng": _rng_state(generators, dev), "history": history}, checkpoint)
     return history
+
+
+_FORMAT = "odedepth.train.fit/1"
+_KEYS = ("format", "epoch", "config", "model", "optimizer", "scheduler", "scaler", "rng",
+         "history")
+
+
+def _loader_generators(loader) -> list:
+    """The distinct torch.Generators that drive the loader's shuffling and worker seeds."""
+    found = []
+    for obj in (loader, getattr(loader, "sampler", None),
+                getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        g = getattr(obj, "generator", None)
+        if isinstance(g, torch.Generator) and not any(g is h for h in found):
+            found.append(g)
+    return found
+
+
+def _run_config(model, loader, optimizer, epochs, schedule, use_amp, dev) -> dict:
+    try:
+        per_epoch = len(loader)
+    except TypeError:
+        per_epoch = None
+    return {"epochs": int(epochs), "schedule": schedule, "amp": bool(use_amp),
+            "device_type": dev.type, "steps_per_epoch": per_epoch,
+            "model": type(_unwrap(model)).__name__, "optimizer": type(optimizer).__name__,
+            "loader_generators": len(_loader_generators(loader))}
+
+
+def _rng_state(generators, dev) -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+            "loader": [g.get_state() for g in generators]}
+
+
+def _load_resume(path):
+    from .checkpoint import CheckpointError, load
+
+    path = os.fspath(path)
+    state = load(path)  # FileNotFoundError / CheckpointError naming the file
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        missing = [k for k in _KEYS if k not in state] if isinstance(state, dict) else list(_KEYS)
+        raise CheckpointError(f"fit: resume={path!r} was not written by fit with resume support "
+                              f"(format {_FORMAT!r}; missing {', '.join(missing) or 'nothing'})")
+    missing = [k for k in _KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"fit: resume={path!r} lacks {', '.join(missing)}")
+    return state
+
+
+def _restore(state, path, config, model, optimizer, scheduler, scaler, generators, dev):
+    """Check `state` against this run, then load it; returns (history, first epoch to run)."""
+    from .checkpoint import CheckpointError, load_state_dict
+
+    path = os.fspath(path)
+    diffs = [f"{k}: checkpoint {state['config'].get(k)!r} vs now {v!r}"
+             for k, v in config.items() if state["config"].get(k) != v]
+    if diffs:
+        raise CheckpointError(f"fit: resume={path!r} was written for another configuration ("
+                              + "; ".join(diffs) + ")")
+    done = state["epoch"]
+    if not (isinstance(done, int) and 1 <= done <= config["epochs"]
+            and len(state["history"]) == done):
+        raise CheckpointError(f"fit: resume={path!r} has an inconsistent epoch count {done!r} "
+                              f"(history of {len(state['history'])}, epochs={config['epochs']})")
+    # all checks that need no loading are done; the model load checks keys and shapes first
+    load_state_dict(_unwrap(model), state["model"], strict=True)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if dev.type == "cuda" and state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], dev)
+        for g, s in zip(generators, state["rng"]["loader"]):
+            g.set_state(s)
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"fit: resume={path!r} does not fit this run's optimizer, "
+                              f"scheduler or RNG ({type(exc).__name__}: {exc})") from exc
+    return list(state["history"]), done

@@ -71,3 +71,47 @@ def test_digits_split_is_stratified_standardised_and_disjoint():
     assert rows == {tuple(r.astype(int)) for r in x}
     with pytest.raises(ValueError, match="test_size"):
         load_digits_split(test_size=1.0)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63])
+def test_demo_bad_seed_is_named_and_creates_no_folder(tmp_path, capsys, seed):
+    out = tmp_path / "new"
+    assert cli.main(["demo", "--quick", "--out", str(out), "--seed", str(seed)]) == 2
+    assert capsys.readouterr().err == (f"odedepth demo: error: demo: seed must be an integer in "
+                                       f"[0, 2**63), got {seed}\n")
+    assert not out.exists()
+    with pytest.raises(ValueError) as err:
+        run(out, quick=True, seed=seed)
+    assert str(err.value) == f"demo: seed must be an integer in [0, 2**63), got {seed}"
+    assert not out.exists()
+
+
+def test_digits_split_bad_seed_is_named():
+    from odedepth.data import load_digits_split
+
+    for seed in (-1, 2**63, 0.5):
+        with pytest.raises(ValueError) as err:
+            load_digits_split(seed)
+        assert str(err.value) == (f"load_digits_split: seed must be an integer in [0, 2**63), "
+                                  f"got {seed!r}")
+
+
+def test_interrupted_demo_leaves_previous_outputs_intact_and_no_staging(tmp_path, monkeypatch):
+    from odedepth import plots
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    names = ["results.json", "results.md", "boundary_free.png", "boundary_event.png",
+             "stopping_times.png", "accuracy_vs_depth.png"]
+    for n in names:
+        (out / n).write_text(f"previous {n}")
+
+    def boom(*args, **kwargs):  # the third figure fails, after two were written
+        raise RuntimeError("disk full while drawing stopping_times.png")
+
+    monkeypatch.setattr(plots, "plot_stopping_times", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(out, quick=True, seed=1, verbose=False)
+    assert sorted(os.listdir(out)) == sorted(names)  # no staging folder, nothing new
+    for n in names:
+        assert (out / n).read_text() == f"previous {n}"

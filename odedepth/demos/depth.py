@@ -11,13 +11,16 @@
    event-time gradient of the solver).
 3. Evaluate on the test split with real per-sample halting (dopri5, terminal events, finished
    samples leave the batch): accuracy, stopping times, NFE and wall time per rule and for the
-   fixed-horizon model; write plots and results (JSON + markdown) atomically to `out`.
+   fixed-horizon model; write plots and results (JSON + markdown) to `out`, as a set: all files
+   are written into a hidden staging folder in `out` and moved in at the end (results.json
+   last), so an interrupted run leaves the previous run's outputs untouched.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import load_digits_split
+from ..data import check_seed, load_digits_split
 from ..flows import ContinuousDepthClassifier, MLPField, ODEBlock
 from ..losses import FlowObjective, flow_objective, sample_end_time, stopped_objective
 from ..stopping import (
@@ -210,14 +213,18 @@ def _check_out(out) -> str:
 
 
 def _write_atomic(path: str, text: str):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from ..checkpoint import atomic_write
+
+    atomic_write(path, lambda fh: fh.write(text), binary=False, caller="demo")
+
+
+def _move_in(staged: str, path: str):
+    """Rename a staged output over `path`, keeping the mode of the file it replaces (else
+    ``0o666 & ~umask``); a symbolic link at `path` is replaced by the file."""
+    from ..checkpoint import file_mode
+
+    os.chmod(staged, file_mode(path))
+    os.replace(staged, path)
 
 
 def format_table(results: dict, horizon: float) -> str:
@@ -237,21 +244,23 @@ def run(out="outputs/demo", quick: bool = False, seed: int = 0, config: DemoConf
 
     **Arguments:**
 
-    - `out`: output folder (created; must not be a file).
+    - `out`: output folder (created; must not be a file). The outputs replace the previous
+      run's only after all of them were written (staged in a hidden `.tmp-run-*` folder inside
+      `out`, then renamed in, results.json last); on failure `out` is left as it was (a folder
+      this run created is removed again if empty).
     - `quick`: a much shorter run for smoke tests (~15 s).
-    - `seed`: seed of the data split, the initialisation and the batches.
+    - `seed`: seed of the data split, the initialisation and the batches, an integer in
+      [0, 2**63).
     - `config`: a :class:`DemoConfig` overriding the defaults (`quick` then only shortens it).
     - `verbose`: print the table and a progress bar.
 
     **Returns:** `{"config", "rules": {name: metrics}, "train_seconds", "out"}`.
 
-    **Raises:** `ValueError` for a bad `out` or configuration.
+    **Raises:** `ValueError` for a bad `out`, seed or configuration, before `out` is created.
     """
     from tqdm.auto import tqdm
 
-    out = _check_out(out)
-    if int(seed) != seed:
-        raise ValueError(f"demo: seed must be an integer, got {seed!r}")
+    seed = check_seed(seed, "demo")  # every argument is checked before `out` is created
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
     if quick and config is not None:
         q = DemoConfig.quick()
@@ -261,10 +270,16 @@ def run(out="outputs/demo", quick: bool = False, seed: int = 0, config: DemoConf
         raise ValueError(f"demo: bad configuration {cfg}")
     # Tiny matrices: one thread per process avoids the (large) cost of thread synchronisation,
     # which dominates on a shared 2-core machine.
+    created = not os.path.exists(os.fspath(out)) if out is not None else False
+    out = _check_out(out)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(out, cfg, int(seed), verbose, tqdm)
+        return _run(out, cfg, seed, verbose, tqdm)
+    except BaseException:
+        if created and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)  # a folder this failed run created holds nothing: remove it
+        raise
     finally:
         torch.set_num_threads(old_threads)
 
@@ -325,25 +340,36 @@ def _run(out, cfg: DemoConfig, seed: int, verbose: bool, tqdm) -> dict:
     }
     import matplotlib.pyplot as plt
 
-    for fname, make in figures.items():
-        plt.close(make(os.path.join(out, fname)))
-        bar.update(1)
-    bar.close()
-    table = format_table(results, cfg.t1)
-    summary = {
-        "config": asdict(cfg), "seed": seed, "train_seconds": train_s,
-        "total_seconds": time.perf_counter() - t_start, "torch_threads": torch.get_num_threads(),
-        "rules": {k: {kk: vv for kk, vv in v.items() if kk != "tau"} for k, v in results.items()},
-        "fixed_horizon_curve": curve, "figures": sorted(figures), "out": os.path.abspath(out),
-    }
-    md = (f"# odedepth demo: per-sample depth on digits (seed {seed})\n\n"
-          f"Test split, {len(data.y_test)} samples, horizon T = {cfg.t1}, running cost c = "
-          f"{cfg.cost}, dopri5 rtol={cfg.rtol} atol={cfg.atol}, batch {cfg.eval_batch}; training "
-          f"{train_s:.1f} s, total {summary['total_seconds']:.1f} s.\n\n{table}\n\n"
-          + "".join(f"![{f}]({f})\n" for f in sorted(figures)))
-    _write_atomic(os.path.join(out, "results.md"), md)
-    _write_atomic(os.path.join(out, "results.json"),
-                  json.dumps(summary, indent=2, default=str))
+    # The whole output set is written into a hidden staging folder inside `out` and moved in
+    # only once every file exists (results.json last), so an interrupted run leaves the
+    # previous results as they were and no staging folder behind.
+    stage = tempfile.mkdtemp(prefix=".tmp-run-", dir=out)
+    try:
+        for fname, make in figures.items():
+            plt.close(make(os.path.join(stage, fname)))
+            bar.update(1)
+        table = format_table(results, cfg.t1)
+        summary = {
+            "config": asdict(cfg), "seed": seed, "train_seconds": train_s,
+            "total_seconds": time.perf_counter() - t_start,
+            "torch_threads": torch.get_num_threads(),
+            "rules": {k: {kk: vv for kk, vv in v.items() if kk != "tau"}
+                      for k, v in results.items()},
+            "fixed_horizon_curve": curve, "figures": sorted(figures), "out": os.path.abspath(out),
+        }
+        md = (f"# odedepth demo: per-sample depth on digits (seed {seed})\n\n"
+              f"Test split, {len(data.y_test)} samples, horizon T = {cfg.t1}, running cost c = "
+              f"{cfg.cost}, dopri5 rtol={cfg.rtol} atol={cfg.atol}, batch {cfg.eval_batch}; "
+              f"training {train_s:.1f} s, total {summary['total_seconds']:.1f} s.\n\n{table}\n\n"
+              + "".join(f"![{f}]({f})\n" for f in sorted(figures)))
+        _write_atomic(os.path.join(stage, "results.md"), md)
+        _write_atomic(os.path.join(stage, "results.json"),
+                      json.dumps(summary, indent=2, default=str))
+        for name in [*sorted(figures), "results.md", "results.json"]:
+            _move_in(os.path.join(stage, name), os.path.join(out, name))
+    finally:
+        bar.close()
+        shutil.rmtree(stage, ignore_errors=True)
     if verbose:
         print(table)
         print(f"training {train_s:.1f} s, total {summary['total_seconds']:.1f} s")
