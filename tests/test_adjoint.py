@@ -332,3 +332,52 @@ def test_a_failed_backward_solve_names_the_batch_sample():
     assert (sol.status == 0).all()
     with pytest.raises(ode.SolveError, match=r"backward solve.*\n  sample 2: MAX_STEPS"):
         sol.y.sum().backward()
+
+
+class _Holder:
+    def __init__(self, k):
+        self.k = k
+
+    def field(self, t, y):
+        return -self.k * y
+
+
+class _CallableField:
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, t, y):
+        return -self.k * y
+
+
+def test_adjoint_grad_tensor_check_follows_partials_objects_and_inner_closures():
+    import functools
+
+    k = torch.tensor(0.5, dtype=D64, requires_grad=True)
+    y0 = torch.ones(2, 1, dtype=D64, requires_grad=True)
+
+    def make_inner():
+        def inner(y):
+            return -k * y
+        return inner
+
+    inner = make_inner()
+    cases = [(functools.partial(lambda t, y, kk: -kk * y, kk=k), "partial argument kk"),
+             (_CallableField(k), "_CallableField.k"), (_Holder(k).field, "self.k"),
+             (lambda t, y: inner(y), "inner.k")]
+    for f, name in cases:
+        with pytest.raises(ValueError, match=rf"requiring grad \({name}\)"):
+            ode.solve(f, y0, (0.0, 1.0), adjoint=True)
+
+
+K = torch.tensor(0.5, dtype=D64, requires_grad=True)  # a global named like the attribute below
+
+
+def test_adjoint_grad_tensor_check_reads_loaded_globals_not_attribute_names():
+    # `cfg.K` is a float attribute; the global tensor `K` is not used: no error, and the y0
+    # gradient is the closed form exp(-0.25).
+    cfg = type("Cfg", (), {"K": 0.25})()
+    y0 = torch.ones(2, 1, dtype=D64, requires_grad=True)
+    sol = ode.solve(lambda t, y: -cfg.K * y, y0, (0.0, 1.0), adjoint=True, **TOL)
+    (gy,) = torch.autograd.grad(sol.y.sum(), y0)
+    torch.testing.assert_close(gy, torch.full_like(gy, math.exp(-0.25)), rtol=1e-8, atol=0)

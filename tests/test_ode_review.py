@@ -549,3 +549,39 @@ def test_zero_atol_with_a_component_that_stays_zero(atol):
     assert sol.status.item() == int(ode.Status.SUCCESS)
     assert sol.y[0, 0].item() == 0.0
     assert sol.y[0, 1].item() == pytest.approx(math.exp(-1.0), rel=1e-5)
+
+
+@pytest.mark.parametrize("method, controller, dtype", [
+    ("dopri8", "i", torch.float64), ("dopri8", "i", torch.float32),
+    ("dopri5", ode.IController(safety=0.8), torch.float64), ("dopri8", "i", torch.float16)])
+def test_zero_atol_survives_the_controllers_safety_scaling(method, controller, dtype):
+    # The subnormal floor of atol was applied before the I controller's safety^(q+1) scaling,
+    # which is below 1/2 for dopri8 (0.9^8) or safety 0.8: it rounded back to 0 (0/0, NONFINITE;
+    # float16 with the default atol too).
+    g = lambda t, y: torch.stack([-y[:, 0], torch.zeros_like(y[:, 1])], 1)  # noqa: E731
+    atol = 1e-8 if dtype == torch.float16 else 0.0
+    sol = ode.solve(g, torch.tensor([[1.0, 0.0]], dtype=dtype), (0.0, 1.0), method=method,
+                    controller=controller, rtol=1e-6 if dtype != torch.float16 else 1e-3,
+                    atol=atol)
+    assert sol.status.item() == int(ode.Status.SUCCESS)
+    tol = 2e-3 if dtype == torch.float16 else 1e-5
+    assert float(sol.y[0, 0]) == pytest.approx(math.exp(-1.0), rel=tol)
+
+
+@pytest.mark.parametrize("method, kw, t_bad", [("rk4", {"dt": 0.1}, 0.35), ("dopri8", {}, 0.35),
+                                               ("dopri5", {}, -1.0)])
+def test_graph_mode_never_calls_f_on_an_empty_batch(method, kw, t_bad):
+    # When every active row of f was non-finite, graph mode re-evaluated f on the empty set of
+    # finite rows (an f that reshapes by n failed); the solve must end NONFINITE as without grad.
+    seen = []
+    k = torch.tensor(1.0, dtype=D, requires_grad=True)
+
+    def f(t, y):
+        seen.append(y.shape[0])
+        y.reshape(y.shape[0], -1)
+        out = -k * y
+        return torch.where((t > t_bad)[:, None], torch.full_like(out, float("nan")), out)
+
+    sol = ode.solve(f, torch.ones(1, 1, dtype=D), (0.0, 1.0), method=method, throw=False, **kw)
+    assert sol.status.item() == int(ode.Status.NONFINITE)
+    assert 0 not in seen

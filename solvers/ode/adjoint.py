@@ -40,7 +40,10 @@ grad raises ``NotImplementedError`` rather than leaving its gradient silently un
 from __future__ import annotations
 
 import dataclasses
+import dis
+import functools
 import math
+import types
 from dataclasses import dataclass, field
 
 import torch
@@ -179,7 +182,7 @@ def _parse_options(adjoint_options, f, method, rtol, atol, max_steps) -> dict:
             captured = _captured_grad_tensors(f)
             if captured:
                 raise ValueError(
-                    f"adjoint=True: f is a plain function that uses tensors requiring grad "
+                    f"adjoint=True: f is not an nn.Module and uses tensors requiring grad "
                     f"({', '.join(captured)}), which the adjoint would leave without gradient: "
                     "it differentiates the parameters of an nn.Module f, or the tensors given "
                     "as adjoint_options={'adjoint_params': [...]} (an empty list for none)")
@@ -211,28 +214,57 @@ def _parse_options(adjoint_options, f, method, rtol, atol, max_steps) -> dict:
 
 
 def _captured_grad_tensors(f) -> list:
-    """Names of tensors requiring grad (or modules with such parameters) that a plain python
-    function reaches through its closure, defaults or the globals it names (one level: what
-    the function's own code refers to)."""
-    code = getattr(f, "__code__", None)
-    if code is None:  # a callable object, a builtin, a partial...
-        return []
+    """Names of tensors requiring grad (or modules with such parameters) that `f` can reach: a
+    plain function's closure cells, defaults and the globals its code loads (``LOAD_GLOBAL``,
+    not attribute names), also of the plain functions found there (two more levels), a bound
+    method's object, a ``functools.partial``'s function and arguments, a callable object's
+    attributes. Best effort: references hidden deeper are not followed."""
     found = {}
-    owner = getattr(f, "__self__", None)  # a bound method, e.g. of a module
-    if owner is not None:
-        found["self"] = owner
-    cells = zip(code.co_freevars, f.__closure__ or ())
-    for name, cell in cells:
-        try:
-            found[name] = cell.cell_contents
-        except ValueError:  # an empty cell
-            pass
-    glob = getattr(f, "__globals__", {})
-    for name in code.co_names:
-        if name in glob:
-            found.setdefault(name, glob[name])
-    for i, v in enumerate(f.__defaults__ or ()):
-        found.setdefault(f"default {i}", v)
+    seen = set()
+
+    def add(name, v):
+        found.setdefault(name, v)
+
+    def scan_function(fn, prefix="", depth=0):
+        code = getattr(fn, "__code__", None)
+        if code is None or id(fn) in seen:
+            return
+        seen.add(id(fn))
+        before = set(found)
+        for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+            try:
+                add(prefix + name, cell.cell_contents)
+            except ValueError:  # an empty cell
+                pass
+        glob = getattr(fn, "__globals__", {})
+        for ins in dis.get_instructions(code):
+            if ins.opname == "LOAD_GLOBAL" and ins.argval in glob:
+                add(prefix + ins.argval, glob[ins.argval])
+        for i, v in enumerate(getattr(fn, "__defaults__", None) or ()):
+            add(f"{prefix}default {i}", v)
+        if depth < 2:  # functions this one calls (e.g. a closure that captures a tensor)
+            for name in set(found) - before:
+                v = found[name]
+                if isinstance(v, types.FunctionType):
+                    scan_function(v, f"{name}.", depth + 1)
+
+    if isinstance(f, functools.partial):
+        for i, v in enumerate(f.args):
+            add(f"partial argument {i}", v)
+        for k, v in f.keywords.items():
+            add(f"partial argument {k}", v)
+        f = f.func
+    owner = getattr(f, "__self__", None)  # a bound method
+    if owner is not None and not isinstance(owner, types.ModuleType):
+        add("self", owner)
+        for k, v in getattr(owner, "__dict__", {}).items():
+            add(f"self.{k}", v)
+        f = getattr(f, "__func__", f)
+    if hasattr(f, "__code__"):
+        scan_function(f)
+    elif callable(f) and not isinstance(f, type):  # a callable object
+        for k, v in getattr(f, "__dict__", {}).items():
+            add(f"{type(f).__name__}.{k}", v)
 
     def needs_grad(v):
         if isinstance(v, Tensor):

@@ -445,6 +445,9 @@ def _integrate(p, dense_output, compact):
     if fused_ctrl:
         sq = ctrl.safety ** (q + 1)
         rtol_c, atol_c, accept_thr = rtol_n * sq, atol_n * sq, 1.0 / sq
+        # (safety^(q+1) < 1/2, e.g. dopri8: the floored atol must stay above 0 after scaling)
+        atol_c = (max(atol_c, tiniest) if isinstance(atol_c, float)
+                  else atol_c.clamp(min=tiniest))
     else:
         rtol_c, atol_c, accept_thr = rtol_n, atol_n, 1.0
 
@@ -562,6 +565,8 @@ def _integrate(p, dense_output, compact):
             if bool(good.all()):  # a finite output whose sum overflowed
                 return out
             sub = good.nonzero().flatten()
+            if not sub.numel():  # no finite row: nothing to recompute (f never sees n = 0)
+                return out.detach()
             part = fcall(t.index_select(0, sub), y.index_select(0, sub),
                          tuple(x.index_select(0, sub) for x in a))
             return out.detach().index_put((sub,), part)
