@@ -12,10 +12,14 @@ is trained three ways on the same data, seed and optimiser:
 
 Then every one of the 2^4 static configurations is evaluated on the held-out split, with its
 multiply-adds (odedepth.analysis.count_macs), and the wall-clock of the base configuration
-TTTT against the full one FFFF is timed (median of many runs, batch 1 and batch 256).
+TTTT against the full one FFFF is timed (batch 1 and batch 256): the two configurations take
+turns in blocks of `--block` consecutive calls, the first of each block an untimed warm-up, the
+order within a round alternating, so that load from other jobs hits both alike; medians over the
+timed calls. The training times are single runs (no warm-up, no repeats).
 
 Run: `python benchmarks/bench_gated_depth.py` (about 10 minutes on 1 core), `--quick` for a smoke
-run (a few seconds of training; accuracies then mean nothing).
+run (a few seconds of training; accuracies then mean nothing), `--latency-only` for the TTTT vs
+FFFF timing alone (no training: the latency does not depend on the weights).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import statistics
 import time
 
 import torch
@@ -62,9 +67,19 @@ def main():
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--size", type=int, default=16, help="upsampled image size (digits are 8x8)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--latency-only", action="store_true",
+                    help="skip training and the accuracy table; time TTTT vs FFFF only")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="latency: turns per configuration (default 17, --quick 4)")
+    ap.add_argument("--block", type=int, default=4,
+                    help="latency: consecutive calls per turn, the first an untimed warm-up")
     args = ap.parse_args()
     if args.quick:
         args.epochs, args.width, args.size = 1, 8, 8
+    if args.rounds is None:
+        args.rounds = 4 if args.quick else 17
+    if args.block < 2:
+        ap.error("--block must be at least 2 (one warm-up + one timed call)")
     torch.set_num_threads(args.threads)
     (Xtr, ytr), (Xte, yte) = digits(args.size)
     g = torch.Generator().manual_seed(0)
@@ -75,6 +90,16 @@ def main():
           f"ResNet-18 CIFAR stem, widths {args.width}x(1,2,4,8), {args.epochs} epochs, "
           f"{torch.get_num_threads()} thread(s)")
 
+    if args.latency_only:
+        m = build(calibrate=True, width=args.width)
+        macs = {c: count_macs(m.configure(c), (1, 1, args.size, args.size)).macs
+                for c in ("FFFF", "TTTT")}
+    else:
+        m, macs = train_and_evaluate(args, train, test, configs, g)
+    latency(m, args, macs)
+
+
+def train_and_evaluate(args, train, test, configs, g):
     results, models, train_time = {}, {}, {}
     methods = ("plain", "gated/stage", "gated/anneal", "adn")
     for method in methods:
@@ -111,22 +136,30 @@ def main():
     for method in methods:
         accs = torch.tensor(list(results[method].values()))
         front = pareto_frontier([ParetoPoint(c, macs[c], results[method][c]) for c in configs])
-        print(f"{method:12s}: train {train_time[method]:.1f}s, mean acc over 16 configs "
-              f"{accs.mean():.4f} (std {accs.std():.4f}), FFFF {results[method]['FFFF']:.4f}, "
+        print(f"{method:12s}: train {train_time[method]:.1f}s (single run), mean acc over 16 "
+              f"configs {accs.mean():.4f} (std {accs.std():.4f}), FFFF {results[method]['FFFF']:.4f}, "
               f"TTTT {results[method]['TTTT']:.4f}; frontier: "
               + ", ".join(p.label for p in front))
+    return m, macs
 
-    print("\nwall-clock, gated model, eval mode (median of runs):")
+
+def latency(m, args, macs):
+    print(f"\nwall-clock, gated model, eval mode: FFFF and TTTT in turns, {args.rounds} rounds of "
+          f"{args.block} calls each (first untimed), median of {args.rounds * (args.block - 1)} "
+          f"timed calls; widths {args.width}x(1,2,4,8), {args.size}x{args.size}, "
+          f"{torch.get_num_threads()} thread(s)")
     print("| batch | FFFF ms | TTTT ms | TTTT/FFFF time | MACs ratio |")
     print("|---|---|---|---|---|")
-    repeats = 10 if args.quick else 50
-    lat = {}
-    for c in ("FFFF", "TTTT"):
-        m.configure(c)
-        lat[c] = latency_table(m, (1, args.size, args.size), batch_sizes=(1, 256), warmup=5,
-                               repeats=repeats)
     for b in (1, 256):
-        f, t = lat["FFFF"][b].median, lat["TTTT"][b].median
+        times = {"FFFF": [], "TTTT": []}
+        for r in range(args.rounds):
+            # alternate the order within a round so neither configuration always goes first
+            for c in (("FFFF", "TTTT") if r % 2 == 0 else ("TTTT", "FFFF")):
+                m.configure(c)
+                res = latency_table(m, (1, args.size, args.size), batch_sizes=(b,), warmup=1,
+                                    repeats=args.block - 1)
+                times[c] += res[b].times
+        f, t = statistics.median(times["FFFF"]), statistics.median(times["TTTT"])
         print(f"| {b} | {f * 1e3:.3f} | {t * 1e3:.3f} | {t / f:.3f} | "
               f"{macs['TTTT'] / macs['FFFF']:.3f} |")
 
