@@ -16,9 +16,7 @@ rest of odedepth builds on:
 
 from __future__ import annotations
 
-import functools
 import math
-import types
 from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass
 
@@ -26,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from solvers import ode as _ode
+from solvers.ode.adjoint import reachable_grad_tensors
 
 from ..trajectory import DepthTrajectory
 
@@ -408,87 +407,11 @@ def trajectory_from_solution(sol: FlowSolution, head: nn.Module, *,
                            valid=valid)
 
 
-_ATOMS = (str, bytes, int, float, complex, bool, type(None), type, types.ModuleType,
-          types.BuiltinFunctionType, torch.dtype, torch.device)
-
-
 def _reachable_grad_tensors(*objs) -> tuple:
-    """Tensors requiring grad that calling `objs` can use, each once, in a fixed order.
-
-    Walks the parameters of every :class:`nn.Module`, and from any object (modules included)
-    its attributes, the items of lists, tuples, sets and dicts, bound methods (their object),
-    ``functools.partial`` (function, arguments) and plain functions (closure cells, defaults and
-    the globals their code names, also of nested functions), so that e.g. an augmentation
-    holding a learnable stage weight gamma(t) or a module `loss_fn` hands the adjoint their
-    parameters. Classes, python modules and builtins are not entered.
-    """
-    seen, seen_t, out = set(), set(), []
-
-    def add(t):
-        if t.requires_grad and id(t) not in seen_t:
-            seen_t.add(id(t))
-            out.append(t)
-
-    def code_names(code):
-        names = list(code.co_names)
-        for c in code.co_consts:
-            if isinstance(c, types.CodeType):
-                names += code_names(c)
-        return names
-
-    def visit(o, depth=0):
-        if isinstance(o, _ATOMS) or id(o) in seen or depth > 50:
-            return
-        seen.add(id(o))
-        if isinstance(o, Tensor):
-            add(o)
-            return
-        if not isinstance(o, nn.Module) and _from_torch(o):
-            return  # torch's own functions and objects (e.g. F.cross_entropy) hold no weights
-        if isinstance(o, nn.Module):
-            for p in o.parameters():
-                add(p)
-        children = []
-        if isinstance(o, (list, tuple, set, frozenset)):
-            children = list(o)
-        elif isinstance(o, dict):
-            children = list(o.values())
-        elif isinstance(o, types.MethodType):
-            children = [o.__self__, o.__func__]
-        elif isinstance(o, functools.partial):
-            children = [o.func, *o.args, *o.keywords.values()]
-        elif isinstance(o, types.FunctionType):
-            for cell in o.__closure__ or ():
-                try:
-                    children.append(cell.cell_contents)
-                except ValueError:  # an empty cell
-                    pass
-            children += list(o.__defaults__ or ()) + list((o.__kwdefaults__ or {}).values())
-            glob = o.__globals__
-            children += [glob[n] for n in code_names(o.__code__) if n in glob]
-        if hasattr(o, "__dict__") and not isinstance(o, types.FunctionType):
-            d = vars(o)
-            if isinstance(o, nn.Module):  # parameters are done; submodules hold the rest
-                children += [v for k, v in d.items()
-                             if k not in ("_parameters", "_buffers", "_modules")]
-                children += list(d.get("_modules", {}).values())
-            else:
-                children += list(d.values())
-        for slot in getattr(type(o), "__slots__", ()):
-            if isinstance(slot, str) and hasattr(o, slot):
-                children.append(getattr(o, slot))
-        for c in children:
-            visit(c, depth + 1)
-
-    for o in objs:
-        visit(o)
-    return tuple(out)
-
-
-def _from_torch(o) -> bool:
-    mod = getattr(o, "__module__", None) if isinstance(o, types.FunctionType) else \
-        type(o).__module__
-    return isinstance(mod, str) and (mod == "torch" or mod.startswith("torch."))
+    """Tensors requiring grad that calling `objs` can use, each once, in a fixed order (what the
+    solver's adjoint needs as `adjoint_params`): see ``solvers.ode.adjoint.reachable_grad_tensors``
+    for what is walked."""
+    return tuple(t for _, t in reachable_grad_tensors(*objs))
 
 
 def _checkpoint_counts(calls, t_eval: Tensor, b: int, device) -> Tensor:

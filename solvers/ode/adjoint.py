@@ -179,7 +179,7 @@ def _parse_options(adjoint_options, f, method, rtol, atol, max_steps) -> dict:
     params = options.get("adjoint_params", None)
     if params is None:
         if not isinstance(f, nn.Module) and torch.is_grad_enabled():
-            captured = _captured_grad_tensors(f)
+            captured = [name for name, _ in reachable_grad_tensors(f)]
             if captured:
                 raise ValueError(
                     f"adjoint=True: f is not an nn.Module and uses tensors requiring grad "
@@ -213,67 +213,95 @@ def _parse_options(adjoint_options, f, method, rtol, atol, max_steps) -> dict:
     }
 
 
-def _captured_grad_tensors(f) -> list:
-    """Names of tensors requiring grad (or modules with such parameters) that `f` can reach: a
-    plain function's closure cells, defaults and the globals its code loads (``LOAD_GLOBAL``,
-    not attribute names), also of the plain functions found there (two more levels), a bound
-    method's object, a ``functools.partial``'s function and arguments, a callable object's
-    attributes. Best effort: references hidden deeper are not followed."""
-    found = {}
-    seen = set()
+_ATOMS = (str, bytes, int, float, complex, bool, type(None), type, types.ModuleType,
+          types.BuiltinFunctionType, torch.dtype, torch.device)
 
-    def add(name, v):
-        found.setdefault(name, v)
 
-    def scan_function(fn, prefix="", depth=0):
-        code = getattr(fn, "__code__", None)
-        if code is None or id(fn) in seen:
+def reachable_grad_tensors(*roots) -> list:
+    """``[(name, tensor)]``: the tensors requiring grad that calling `roots` can use, each once,
+    in a fixed order, named by the path that reached them.
+
+    Walks the parameters of every :class:`nn.Module`, and from any object its attributes (and
+    slots), the items of lists, tuples, sets and dicts, bound methods (their object: ``self``),
+    ``functools.partial`` (function, arguments) and plain functions (closure cells, defaults and
+    the globals their code loads, ``LOAD_GLOBAL``, also in nested functions). Classes, python
+    modules, builtins and torch's own functions are not entered. Best effort: what is reached
+    only through other routes (e.g. class attributes, C extensions) is not found.
+    """
+    seen, seen_t, out = set(), set(), []
+
+    def join(name, part):
+        return f"{name}.{part}" if name else str(part)
+
+    def add(name, t):
+        if t.requires_grad and id(t) not in seen_t:
+            seen_t.add(id(t))
+            out.append((name, t))
+
+    def loaded_globals(code):
+        names = [ins.argval for ins in dis.get_instructions(code) if ins.opname == "LOAD_GLOBAL"]
+        for c in code.co_consts:
+            if isinstance(c, types.CodeType):
+                names += loaded_globals(c)
+        return names
+
+    def visit(o, name, depth=0):
+        if isinstance(o, _ATOMS) or id(o) in seen or depth > 50:
             return
-        seen.add(id(fn))
-        before = set(found)
-        for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
-            try:
-                add(prefix + name, cell.cell_contents)
-            except ValueError:  # an empty cell
-                pass
-        glob = getattr(fn, "__globals__", {})
-        for ins in dis.get_instructions(code):
-            if ins.opname == "LOAD_GLOBAL" and ins.argval in glob:
-                add(prefix + ins.argval, glob[ins.argval])
-        for i, v in enumerate(getattr(fn, "__defaults__", None) or ()):
-            add(f"{prefix}default {i}", v)
-        if depth < 2:  # functions this one calls (e.g. a closure that captures a tensor)
-            for name in set(found) - before:
-                v = found[name]
-                if isinstance(v, types.FunctionType):
-                    scan_function(v, f"{name}.", depth + 1)
+        seen.add(id(o))
+        if isinstance(o, Tensor):
+            add(name or "tensor", o)
+            return
+        if not isinstance(o, nn.Module) and _from_torch(o):
+            return  # torch's own functions and objects (e.g. F.cross_entropy) hold no weights
+        children = []
+        if isinstance(o, nn.Module):
+            for pn, p in o.named_parameters():
+                add(join(name, pn), p)
+        if isinstance(o, (list, tuple, set, frozenset)):
+            children = [(f"{name}[{i}]", c) for i, c in enumerate(o)]
+        elif isinstance(o, dict):
+            children = [(f"{name}[{k!r}]", v) for k, v in o.items()]
+        elif isinstance(o, types.MethodType):
+            children = [(join(name, "self"), o.__self__), (name, o.__func__)]
+        elif isinstance(o, functools.partial):
+            children = [(name, o.func)]
+            children += [(join(name, f"partial argument {i}"), v) for i, v in enumerate(o.args)]
+            children += [(join(name, f"partial argument {k}"), v) for k, v in o.keywords.items()]
+        elif isinstance(o, types.FunctionType):
+            for var, cell in zip(o.__code__.co_freevars, o.__closure__ or ()):
+                try:
+                    children.append((join(name, var), cell.cell_contents))
+                except ValueError:  # an empty cell
+                    pass
+            children += [(join(name, f"default {i}"), v) for i, v in enumerate(o.__defaults__ or ())]
+            children += [(join(name, k), v) for k, v in (o.__kwdefaults__ or {}).items()]
+            glob = o.__globals__
+            children += [(join(name, g), glob[g]) for g in loaded_globals(o.__code__) if g in glob]
+        if hasattr(o, "__dict__") and not isinstance(o, types.FunctionType):
+            owner = name or type(o).__name__
+            d = vars(o)
+            if isinstance(o, nn.Module):  # parameters are done; submodules hold the rest
+                children += [(join(owner, k), v) for k, v in d.items()
+                             if k not in ("_parameters", "_buffers", "_modules")]
+                children += [(join(owner, k), v) for k, v in d.get("_modules", {}).items()]
+            else:
+                children += [(join(owner, k), v) for k, v in d.items()]
+        for slot in getattr(type(o), "__slots__", ()):
+            if isinstance(slot, str) and hasattr(o, slot):
+                children.append((join(name, slot), getattr(o, slot)))
+        for child_name, c in children:
+            visit(c, child_name, depth + 1)
 
-    if isinstance(f, functools.partial):
-        for i, v in enumerate(f.args):
-            add(f"partial argument {i}", v)
-        for k, v in f.keywords.items():
-            add(f"partial argument {k}", v)
-        f = f.func
-    owner = getattr(f, "__self__", None)  # a bound method
-    if owner is not None and not isinstance(owner, types.ModuleType):
-        add("self", owner)
-        for k, v in getattr(owner, "__dict__", {}).items():
-            add(f"self.{k}", v)
-        f = getattr(f, "__func__", f)
-    if hasattr(f, "__code__"):
-        scan_function(f)
-    elif callable(f) and not isinstance(f, type):  # a callable object
-        for k, v in getattr(f, "__dict__", {}).items():
-            add(f"{type(f).__name__}.{k}", v)
+    for i, o in enumerate(roots):
+        visit(o, "" if len(roots) == 1 else f"arg {i}")
+    return out
 
-    def needs_grad(v):
-        if isinstance(v, Tensor):
-            return v.requires_grad
-        if isinstance(v, nn.Module):
-            return any(p.requires_grad for p in v.parameters())
-        return False
 
-    return [name for name, v in found.items() if needs_grad(v)]
+def _from_torch(o) -> bool:
+    mod = getattr(o, "__module__", None) if isinstance(o, types.FunctionType) else \
+        type(o).__module__
+    return isinstance(mod, str) and (mod == "torch" or mod.startswith("torch."))
 
 
 def _with_outputs(sol, y, ys, stats):
